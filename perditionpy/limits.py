@@ -15,3 +15,7 @@ MAX_PREAUTH_BUFFER = 64 * 1024
 AUTH_FAIL_DELAY = 3.0
 # Relay buffer size (perdition's BUFFER_SIZE is 8 KiB; we read more at once).
 RELAY_BUFFER_SIZE = 64 * 1024
+# The relay wakes at least this often (seconds) to check idle time and re-log.
+RELAY_TICK = 5.0
+# Bytes a back-end may send during login without ending a line.
+MAX_BACKEND_LINE = 64 * 1024

@@ -126,6 +126,7 @@ class LoginStatus(Enum):
     OK = "ok"
     REJECTED = "rejected"            # bad credentials: "Re-Authentication Failure"
     LOOP = "loop"                    # back-end greeting is ours: "Connection Negotiation Failure"
+    LOGIN_DISABLED = "login_disabled"  # back-end advertises LOGINDISABLED: "Login Disabled"
     PROTOCOL_ERROR = "protocol_error"  # garbage or EOF from the back-end
 
 

@@ -1,0 +1,359 @@
+"""IMAP4 as perdition 2.2 speaks it, sans-I/O.
+
+* :class:`Imap4FrontEnd` — the client side before authentication: greeting,
+  CAPABILITY, NOOP, LOGOUT, AUTHENTICATE (refused), STARTTLS (refused until TLS
+  exists), LOGIN with atoms, quoted strings and literals ({n} and {n+}).
+* :class:`Imap4BackendLogin` — logging in to the real server for the client:
+  greeting (loop detection), CAPABILITY (LOGINDISABLED check), then
+  ``LOGIN {n}`` user ``{m}`` password as synchronising literals, as perdition
+  does, so any byte in a name or password reaches the server intact.
+
+Reply texts are perdition's, byte for byte; see tests/unit/test_imap4_*.py.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+from perditionpy.protocol import _imap4_syntax as syntax
+from perditionpy.protocol.base import (
+    NEED_DATA, ClientClosed, Credentials, LoginResult, LoginStatus, NeedData, Send,
+    ToBackend, ToClient, decode_name,
+)
+
+__all__ = ["Imap4FrontEnd", "Imap4BackendLogin", "Imap4Options", "greeting_text", "capability"]
+
+CRLF = b"\r\n"
+GREETING = "perdition ready on"
+CONTINUE = b"+ OK ready for additional input\r\n"
+_LOGIN_SYNTAX = "Mate, try LOGIN <username> <passwd>"
+_TAG_START = b"flim07"
+
+
+class Imap4Options(Protocol):
+    imap_capability: str
+    login_disabled: bool
+
+
+def capability(options: Imap4Options) -> str:
+    """The capability list we advertise (perdition adds LOGINDISABLED to it
+    under --login_disabled; STARTTLS handling arrives with TLS)."""
+    words = options.imap_capability.split()
+    words = [w for w in words if w.upper() != "STARTTLS"]
+    if options.login_disabled and "LOGINDISABLED" not in (w.upper() for w in words):
+        words.append("LOGINDISABLED")
+    return " ".join(words)
+
+
+def greeting_text(options: Imap4Options, host: str, checksum: int) -> str:
+    """What follows ``* OK `` in our greeting; also what loop detection compares."""
+    return f"[CAPABILITY {capability(options)}] {GREETING} {host} {checksum:08x}"
+
+
+def _line(tag: bytes | None, *words: str | bytes) -> bytes:
+    parts = [tag if tag is not None else b"*"]
+    parts += [w.encode("utf-8", "surrogateescape") if isinstance(w, str) else w for w in words]
+    return b" ".join(parts) + CRLF
+
+
+class _State(enum.Enum):
+    COMMANDS = "commands"          # reading pre-authentication commands
+    WAITING = "waiting"            # Credentials emitted; the session is deciding
+    CLOSED = "closed"
+
+
+class Imap4FrontEnd:
+    """The client conversation up to a successful login."""
+
+    def __init__(self, options: Imap4Options, *, greeting_host: str, checksum: int) -> None:
+        self._options = options
+        self._greeting = greeting_text(options, greeting_host, checksum)
+        self._reader = syntax.CommandReader()
+        self._state = _State.COMMANDS
+        self._tag: bytes | None = None
+
+    # -- output the session asks for ------------------------------------
+
+    def greeting(self) -> bytes:
+        return _line(None, "OK", self._greeting)
+
+    @property
+    def greeting_line(self) -> bytes:
+        """Our greeting after ``* OK `` — what a looping back-end would send."""
+        return self._greeting.encode()
+
+    def reply_failure(self, text: str) -> bytes:
+        """``<tag> NO <text>`` for the pending login; back to pre-auth."""
+        return self._answer_login(_line(self._tag, "NO", text))
+
+    def reply_ok(self, text: str) -> bytes:
+        return self._answer_login(_line(self._tag, "OK", text))
+
+    def reply_raw(self, line: bytes) -> bytes:
+        """The back-end's final reply (tag stripped) under the client's tag."""
+        return self._answer_login(_line(self._tag, line))
+
+    def _answer_login(self, data: bytes) -> bytes:
+        self._state = _State.COMMANDS
+        return data
+
+    # -- input ------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def next_event(self) -> Send | Credentials | ClientClosed | NeedData:
+        if self._state is _State.CLOSED:
+            return ClientClosed()
+        if self._state is _State.WAITING:
+            return NEED_DATA
+        item = self._reader.next()
+        if item is None:
+            return self._end_of_input() if self._reader.eof else NEED_DATA
+        return self._dispatch(item)
+
+    def _end_of_input(self) -> ClientClosed:
+        self._state = _State.CLOSED
+        return ClientClosed(error=self._reader.mid_command)
+
+    def _dispatch(self, item: syntax.Item) -> Send | Credentials | ClientClosed:
+        if isinstance(item, syntax.Continue):
+            return Send(CONTINUE)
+        if isinstance(item, syntax.LineTooLong):
+            return self._bad(item.tag, "Line too long, mate")
+        if isinstance(item, syntax.BadLiteral):
+            return self._bad_literal(item)
+        return self._command(item)
+
+    def _bad(self, tag: bytes, text: str, *, close: bool = False) -> Send:
+        if not syntax.valid_tag(tag):
+            tag = b"*"
+        if close:
+            self._state = _State.CLOSED
+        return Send(_line(tag, "BAD", text), delay=True, close=close)
+
+    def _bad_literal(self, item: syntax.BadLiteral) -> Send:
+        return self._bad(item.tag, "Literal too long, mate", close=item.fatal)
+
+    def _command(self, cmd: syntax.Command) -> Send | Credentials | ClientClosed:
+        if not syntax.valid_tag(cmd.tag):
+            return self._bad(b"*", "Invalid tag, mate")
+        if not cmd.name:
+            return self._bad(cmd.tag, "Missing command, mate")
+        if cmd.bad:
+            return self._bad(cmd.tag, f"Bad syntax ({cmd.bad}), mate")
+        handler = _COMMANDS.get(cmd.name.upper())
+        if handler is None:
+            return self._bad(cmd.tag, "Unrecognised command, mate")
+        return handler(self, cmd)
+
+    def _no_args(self, cmd: syntax.Command) -> Send | None:
+        if cmd.args:
+            name = cmd.name.upper().decode("ascii", "replace")
+            return self._bad(cmd.tag, f"Argument given to {name} but there shouldn't be one, mate")
+        return None
+
+    def _noop(self, cmd: syntax.Command) -> Send:
+        return self._no_args(cmd) or Send(_line(cmd.tag, "OK", "NOOP"))
+
+    def _capability(self, cmd: syntax.Command) -> Send:
+        return self._no_args(cmd) or Send(
+            _line(None, "CAPABILITY", capability(self._options))
+            + _line(cmd.tag, "OK", "CAPABILITY"))
+
+    def _logout(self, cmd: syntax.Command) -> Send:
+        refused = self._no_args(cmd)
+        if refused:
+            return refused
+        self._state = _State.CLOSED
+        return Send(_line(None, "BYE", "IMAP4 server logging out, mate")
+                    + _line(cmd.tag, "OK", "LOGOUT"), close=True)
+
+    def _authenticate(self, cmd: syntax.Command) -> Send:
+        if len(cmd.args) != 1:
+            return self._bad(cmd.tag, "Mate, try AUTHENTICATE <mechanism>")
+        return Send(_line(cmd.tag, "NO", "AUTHENTICATE mechanism not supported, mate"))
+
+    def _starttls(self, cmd: syntax.Command) -> Send:
+        return self._no_args(cmd) or self._bad(cmd.tag, "STARTTLS disabled, mate")
+
+    def _login(self, cmd: syntax.Command) -> Send | Credentials:
+        if len(cmd.args) != 2:
+            return self._bad(cmd.tag, _LOGIN_SYNTAX)
+        user, password = cmd.args
+        if _unsafe(user) or b"\x00" in password:
+            return self._bad(cmd.tag, _LOGIN_SYNTAX)
+        self._tag = cmd.tag
+        self._state = _State.WAITING
+        return Credentials(decode_name(user), decode_name(password), tag=cmd.tag)
+
+
+def _unsafe(name: bytes) -> bool:
+    """Bytes a user name may never carry: they would split or truncate it."""
+    return any(c in name for c in (0, 0x0A, 0x0D))
+
+
+_COMMANDS = {
+    b"NOOP": Imap4FrontEnd._noop,
+    b"CAPABILITY": Imap4FrontEnd._capability,
+    b"LOGOUT": Imap4FrontEnd._logout,
+    b"AUTHENTICATE": Imap4FrontEnd._authenticate,
+    b"STARTTLS": Imap4FrontEnd._starttls,
+    b"LOGIN": Imap4FrontEnd._login,
+}
+
+
+# ------------------------------------------------------------------ back-end
+
+
+def next_tag(tag: bytes) -> bytes:
+    """perdition's tag sequence: the last character counts 0-9, a-z, A-Z."""
+    chars = bytearray(tag)
+    for i in range(len(chars) - 1, -1, -1):
+        c = chars[i]
+        if 0x30 <= c < 0x39 or 0x61 <= c < 0x7A or 0x41 <= c < 0x5A:
+            chars[i] = c + 1
+            return bytes(chars)
+        if c == 0x39:
+            chars[i] = 0x61
+            return bytes(chars)
+        if c == 0x7A:
+            chars[i] = 0x41
+            return bytes(chars)
+        chars[i] = 0x30  # 'Z' or anything else wraps and carries
+    return bytes(chars)
+
+
+class _Step(enum.Enum):
+    GREETING = "greeting"
+    CAPABILITY = "capability"
+    LOGIN = "login"              # sent LOGIN {n}; waiting for "+"
+    USER = "user"                # sent user {m}; waiting for "+"
+    PASSWORD = "password"        # sent password; waiting for the tagged reply
+    DONE = "done"
+
+
+class Imap4BackendLogin:
+    """Logs in to the real server: one instance per attempt."""
+
+    def __init__(self, user: str, password: str, *, our_greeting: bytes,
+                 tag: bytes = _TAG_START) -> None:
+        self._user = user.encode("utf-8", "surrogateescape")
+        self._password = password.encode("utf-8", "surrogateescape")
+        self._our_greeting = our_greeting
+        self.tag = tag
+        self._buf = bytearray()
+        self._eof = False
+        self._step = _Step.GREETING
+        self._logindisabled = False
+        self._outbox: list[ToBackend | ToClient | LoginResult] = []
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def quit_bytes(self) -> bytes:
+        """The LOGOUT perdition sends after a failed login."""
+        return self.tag + b" LOGOUT" + CRLF
+
+    def next_event(self) -> ToBackend | ToClient | LoginResult | NeedData:
+        while not self._outbox:
+            if self._step is _Step.DONE:
+                return NEED_DATA
+            line = self._read_line()
+            if line is None:
+                if self._eof:
+                    self._finish(LoginStatus.PROTOCOL_ERROR)
+                    break
+                return NEED_DATA
+            self._handle(line)
+        return self._outbox.pop(0)
+
+    # -- internals -------------------------------------------------------
+
+    def _read_line(self) -> bytes | None:
+        end = self._buf.find(b"\n")
+        if end < 0:
+            if len(self._buf) > 64 * 1024:
+                self._eof = True  # a back-end that never ends a line: give up
+            return None
+        line = bytes(self._buf[: end + 1])
+        del self._buf[: end + 1]
+        return line
+
+    def _finish(self, status: LoginStatus, line: bytes = b"") -> None:
+        self._step = _Step.DONE
+        trailing = bytes(self._buf)
+        self._buf.clear()
+        self._outbox.append(LoginResult(status, server_line=line, trailing=trailing))
+
+    def _send(self, data: bytes) -> None:
+        self._outbox.append(ToBackend(data))
+
+    def _handle(self, raw: bytes) -> None:
+        line = raw.rstrip(b"\r\n")
+        if self._step is _Step.GREETING:
+            self._greeting(line)
+        elif line.startswith(b"* "):
+            self._untagged(line, raw)
+        elif self._step in (_Step.LOGIN, _Step.USER) and line.startswith(b"+"):
+            self._continuation()
+        elif line.startswith(self.tag + b" "):
+            self._tagged(line[len(self.tag) + 1 :])
+        else:
+            self._finish(LoginStatus.PROTOCOL_ERROR, line)
+
+    def _greeting(self, line: bytes) -> None:
+        if not line.upper().startswith(b"* OK"):
+            self._finish(LoginStatus.PROTOCOL_ERROR, line)
+        elif line[5:] == self._our_greeting:
+            self._finish(LoginStatus.LOOP, line)
+        else:
+            self._step = _Step.CAPABILITY
+            self._send(self.tag + b" CAPABILITY" + CRLF)
+
+    def _untagged(self, line: bytes, raw: bytes) -> None:
+        words = line.split()
+        if len(words) > 1 and words[1].upper() == b"CAPABILITY":
+            if self._step is _Step.CAPABILITY:
+                self._logindisabled = b"LOGINDISABLED" in (w.upper() for w in words[2:])
+            return
+        # perdition passes other untagged lines during login on to the client.
+        self._outbox.append(ToClient(line + CRLF))
+
+    def _tagged(self, rest: bytes) -> None:
+        ok = rest.split(b" ", 1)[0].upper() == b"OK"
+        if self._step is _Step.CAPABILITY:
+            self._after_capability(ok, rest)
+        else:
+            # Either the reply to the password, or the server refused LOGIN
+            # before taking the literals; the next command gets a fresh tag.
+            self.tag = next_tag(self.tag)
+            ok = ok and self._step is _Step.PASSWORD
+            self._finish(LoginStatus.OK if ok else LoginStatus.REJECTED, rest)
+
+    def _after_capability(self, ok: bool, rest: bytes) -> None:
+        self.tag = next_tag(self.tag)
+        if not ok:
+            self._finish(LoginStatus.PROTOCOL_ERROR, rest)
+        elif self._logindisabled:
+            self._finish(LoginStatus.LOGIN_DISABLED, rest)
+        else:
+            self._step = _Step.LOGIN
+            self._send(self.tag + b" LOGIN " + syntax_literal(self._user))
+
+    def _continuation(self) -> None:
+        if self._step is _Step.LOGIN:
+            self._step = _Step.USER
+            self._send(self._user + b" " + syntax_literal(self._password))
+        else:
+            self._step = _Step.PASSWORD
+            self._send(self._password + CRLF)
+
+
+def syntax_literal(data: bytes) -> bytes:
+    """``{n}`` + CRLF announcing ``data`` as a synchronising literal."""
+    return b"{%d}" % len(data) + CRLF

@@ -1,0 +1,306 @@
+"""One client connection, start to end: greet → authenticate → resolve →
+connect → back-end login → relay, with perdition's log lines.
+
+The session does the I/O and the waiting; the protocol engines decide what to
+say (perditionpy.protocol), the resolver decides where to go
+(perditionpy.resolve), the relay moves bytes (perditionpy.relay).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from perditionpy import limits
+from perditionpy.maps.base import LookupContext
+from perditionpy.protocol import imap4, pop3
+from perditionpy.protocol.base import (
+    NEED_DATA, ClientClosed, Credentials, LoginResult, LoginStatus, Send, ToBackend, ToClient,
+)
+from perditionpy.relay import relay
+from perditionpy.resolve import ResolveError, Route
+
+__all__ = ["Session", "SessionServices", "greeting_host"]
+
+log = logging.getLogger("perditionpy.session")
+
+Address = tuple[Any, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionServices:
+    """What every session shares: built once by perditionpy.app."""
+
+    options: Any
+    checksum: int
+    resolver: Any                 # perditionpy.resolve.Resolver
+    current_map: Any              # callable returning the current Map or None
+    sleep: Any = field(default=time.sleep)
+
+
+def greeting_host(options: Any, local: Address) -> str:
+    """The host name in our greeting: the reverse lookup of the address the
+    client connected to (numeric with -n), or the node name with -B."""
+    if options.no_bind_banner or local is None:
+        return os.uname().nodename
+    address = local[0]
+    if not options.no_lookup:
+        try:
+            return socket.gethostbyaddr(address)[0]
+        except OSError:
+            pass
+    return address
+
+
+def _from_to(client: Address, local: Address) -> str:
+    if client is None or local is None:
+        return ""
+    return f" {client[0]}:{client[1]}->{local[0]}:{local[1]}"
+
+
+class _ClientGone(Exception):
+    """The client closed or timed out; the session ends without a reply."""
+
+
+class _BackendFailed(Exception):
+    """The back-end broke the login dialogue; perdition exits the child."""
+
+
+class Session:
+    """Drives one connection.  Not shared between threads."""
+
+    def __init__(self, services: SessionServices, conn: socket.socket,
+                 client: Address, local: Address, *, inetd_pid: int | None = None) -> None:
+        self._s = services
+        self._opt = services.options
+        self._conn = conn
+        self._client = client
+        self._local = local
+        self._from_to = _from_to(client, local)
+        self._inetd_pid = inetd_pid
+        self._engine = self._make_engine()
+        self._resolver = services.resolver.new_session()
+        self._tag = b"flim07"  # perdition's back-end tag sequence, per connection
+
+    def _make_engine(self) -> Any:
+        host = greeting_host(self._opt, self._local)
+        kind = imap4.Imap4FrontEnd if self._opt.protocol.startswith("IMAP") else pop3.Pop3FrontEnd
+        return kind(self._opt, greeting_host=host, checksum=self._s.checksum)
+
+    # -- the journey --------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._log_connect()
+            self._conn.settimeout(self._opt.authenticate_timeout or None)
+            self._write(self._engine.greeting())
+            backend = self._authenticate()
+            if backend is not None:
+                self._relay(*backend)
+        except _ClientGone:
+            pass
+        except _BackendFailed as exc:
+            log.error("Fatal error authenticating user%s: %s. Exiting child.", self._from_to, exc)
+        except Exception:  # a bug must cost one connection, never the daemon
+            log.exception("Fatal error in session%s", self._from_to)
+        finally:
+            self._conn.close()
+
+    def _log_connect(self) -> None:
+        if self._inetd_pid is not None:
+            log.info("Connect: %s inetd_pid=%d", self._from_to, self._inetd_pid)
+        else:
+            log.info("Connect: %s", self._from_to)
+
+    def _authenticate(self) -> tuple[socket.socket, Credentials, Route] | None:
+        """Read commands until a login succeeds (→ back-end socket) or the client leaves."""
+        while True:
+            event = self._engine.next_event()
+            if event is NEED_DATA:
+                self._engine.receive_data(self._read())
+            elif isinstance(event, Send):
+                self._send(event)
+                if event.close:
+                    self._log_close_null()
+                    return None
+            elif isinstance(event, ClientClosed):
+                self._fatal_read_error()
+            elif isinstance(event, Credentials):
+                result = self._login(event)
+                if result is not None:
+                    return result
+
+    def _read(self) -> bytes:
+        try:
+            return self._conn.recv(limits.MAX_LINE_LENGTH)
+        except TimeoutError:
+            log.error("Fatal Error: Timeout reading authentication information from "
+                      "client%s: Exiting child", self._from_to)
+            raise _ClientGone from None
+        except OSError:
+            return b""
+
+    def _fatal_read_error(self) -> None:
+        log.error("Fatal Error reading authentication information from client%s: "
+                  "Exiting child", self._from_to)
+        raise _ClientGone
+
+    def _send(self, event: Send) -> None:
+        if event.delay:
+            self._s.sleep(limits.AUTH_FAIL_DELAY)
+        self._write(event.data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._conn.sendall(data)
+        except OSError:
+            raise _ClientGone from None
+
+    def _log_close_null(self) -> None:
+        log.info('Closing NULL session:%s authorisation_id=NONE authentication_id="(null)"',
+                 self._from_to)
+
+    # -- one login attempt ---------------------------------------------------
+
+    def _login(self, cred: Credentials) -> tuple[socket.socket, Credentials, Route] | None:
+        if self._opt.login_disabled:
+            return self._fail(cred, None, "Login Disabled")
+        try:
+            route = self._resolver.resolve(cred.user, self._s.current_map(), self._context())
+        except ResolveError as exc:
+            return self._fail(cred, None, str(exc) or "Could not determine server")
+        backend = self._connect(route)
+        if backend is None:
+            return self._fail(cred, route, "Could not connect to server")
+        return self._backend_login(cred, route, backend)
+
+    def _context(self) -> LookupContext:
+        return LookupContext(client=self._client, local=self._local,
+                             domain_delimiter=self._opt.domain_delimiter)
+
+    def _connect(self, route: Route) -> socket.socket | None:
+        timeout = self._opt.authenticate_timeout or None
+        try:
+            sock = socket.create_connection((route.server, route.port), timeout=timeout)
+        except OSError as exc:
+            log.debug("connect to %s:%s failed: %s", route.server, route.port, exc)
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._opt.tcp_keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
+
+    def _backend_login(self, cred: Credentials, route: Route, sock: socket.socket
+                       ) -> tuple[socket.socket, Credentials, Route] | None:
+        login = self._make_backend_login(route.login_user, cred.password)
+        try:
+            result = self._drive(login, sock)
+        except (OSError, _BackendFailed) as exc:
+            sock.close()
+            raise _BackendFailed(str(exc) or type(exc).__name__) from None
+        if result.status is LoginStatus.OK:
+            self._succeed(cred, route, result)
+            if result.trailing:
+                self._write(result.trailing)
+            return sock, cred, route
+        return self._backend_refused(cred, route, sock, login, result)
+
+    def _make_backend_login(self, user: str, password: str) -> Any:
+        ours = self._engine.greeting_line
+        if self._opt.protocol.startswith("IMAP"):
+            return imap4.Imap4BackendLogin(user, password, our_greeting=ours, tag=self._tag)
+        return pop3.Pop3BackendLogin(user, password, our_greeting=ours)
+
+    def _drive(self, login: Any, sock: socket.socket) -> LoginResult:
+        while True:
+            event = login.next_event()
+            if event is NEED_DATA:
+                login.receive_data(sock.recv(limits.MAX_LINE_LENGTH))
+            elif isinstance(event, ToBackend):
+                sock.sendall(event.data)
+            elif isinstance(event, ToClient):
+                self._write(event.data)
+            elif event.status is LoginStatus.PROTOCOL_ERROR:
+                raise _BackendFailed(f"unexpected reply from the server: {event.server_line!r}")
+            else:
+                return event
+
+    def _backend_refused(self, cred: Credentials, route: Route, sock: socket.socket,
+                         login: Any, result: LoginResult) -> None:
+        self._quit(sock, login)
+        if result.status is LoginStatus.LOOP:
+            return self._fail(cred, route, "Connection Negotiation Failure")
+        if result.status is LoginStatus.LOGIN_DISABLED:
+            self._s.sleep(limits.AUTH_FAIL_DELAY)  # perdition sleeps twice here
+            return self._fail(cred, route, "Login Disabled")
+        if self._opt.server_resp_line:
+            self._s.sleep(limits.AUTH_FAIL_DELAY)
+            self._write(self._engine.reply_raw(result.server_line))
+            self._log_auth(cred, route, "failed: Re-Authentication Failure")
+            return None
+        return self._fail(cred, route, "Re-Authentication Failure")
+
+    def _quit(self, sock: socket.socket, login: Any) -> None:
+        """Say goodbye to the back-end and read its answer, as perdition does."""
+        try:
+            sock.sendall(login.quit_bytes())
+            sock.settimeout(limits.AUTH_FAIL_DELAY)
+            sock.recv(limits.MAX_LINE_LENGTH)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+        if hasattr(login, "tag"):
+            self._tag = imap4.next_tag(login.tag)
+
+    def _fail(self, cred: Credentials, route: Route | None, reason: str) -> None:
+        text = f"failed: {reason}"
+        self._s.sleep(limits.AUTH_FAIL_DELAY)
+        self._write(self._engine.reply_failure(text))
+        self._log_auth(cred, route, text)
+        return None
+
+    def _succeed(self, cred: Credentials, route: Route, result: LoginResult) -> None:
+        if self._opt.server_resp_line:
+            self._write(self._engine.reply_raw(result.server_line))
+        else:
+            self._write(self._engine.reply_ok(self._opt.ok_line))
+        self._log_auth(cred, route, "ok")
+
+    # -- log lines ---------------------------------------------------------
+
+    def _auth_line(self, cred: Credentials, route: Route | None, status: str) -> str:
+        user = route.authorisation_id if route is not None else cred.user
+        server = route.server if route is not None else "(null)"
+        port = route.port_text if route is not None else "(null)"
+        return (f'Auth:{self._from_to} client-secure=plaintext authorisation_id=NONE '
+                f'authentication_id="{user}"{self._password_part(cred, status)} '
+                f'server="{server}:{port}" protocol={self._opt.protocol} '
+                f'server-secure=plaintext status="{status}"')
+
+    def _password_part(self, cred: Credentials, status: str) -> str:
+        states = self._opt.log_passwd
+        wanted = ("ok" in states) if status == "ok" else ("fail" in states)
+        if self._opt.debug and wanted:
+            return f' passwd="{cred.password}"'
+        return ""
+
+    def _log_auth(self, cred: Credentials, route: Route | None, status: str) -> None:
+        log.info("%s", self._auth_line(cred, route, status))
+
+    # -- after login -------------------------------------------------------
+
+    def _relay(self, backend: socket.socket, cred: Credentials, route: Route) -> None:
+        user = route.authorisation_id
+        try:
+            result = relay(self._conn, backend, timeout=self._opt.timeout or None)
+        finally:
+            backend.close()
+        if result.timed_out:
+            log.info("Timeout piping data.")
+        log.info('Closing session:%s authorisation_id=NONE authentication_id="%s" '
+                 'received=%d sent=%d', self._from_to, user, result.received, result.sent)
