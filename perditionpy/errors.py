@@ -32,8 +32,8 @@ class OptionError(PerditionError):
 class NotImplementedOption(OptionError):
     """An option perdition 2.2 has whose feature perditionpy does not have yet."""
 
-    def __init__(self, option: str) -> None:
-        super().__init__(option, None, "not implemented yet")
+    def __init__(self, option: str, value: object = None) -> None:
+        super().__init__(option, value, "not implemented yet")
 
 
 class MapError(PerditionError):

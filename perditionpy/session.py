@@ -22,7 +22,8 @@ from perditionpy.protocol.base import (
     NEED_DATA, ClientClosed, Credentials, LoginResult, LoginStatus, Send, ToBackend, ToClient,
 )
 from perditionpy.relay import relay
-from perditionpy.resolve import ResolveError, Route
+from perditionpy.resolve import ConnectTargetError, ResolveError, Route
+from perditionpy.usernames import UsernameError
 
 __all__ = ["Session", "SessionServices", "greeting_host"]
 
@@ -168,11 +169,17 @@ class Session:
 
     def _login(self, cred: Credentials) -> tuple[socket.socket, Credentials, Route] | None:
         if self._opt.login_disabled:
-            return self._fail(cred, None, "Login Disabled")
+            return self._fail(cred, None, "Login Disabled", port="(null)")
         try:
             route = self._resolver.resolve(cred.user, self._s.current_map(), self._context())
         except ResolveError as exc:
-            return self._fail(cred, None, str(exc) or "Could not determine server")
+            return self._fail(cred, None, exc.client_text)
+        except ConnectTargetError as exc:
+            return self._fail(cred, None, exc.client_text)
+        except UsernameError as exc:
+            log.error('Fatal error manipulating username for client "%s": %s',
+                      self._client[0] if self._client else "", exc)
+            raise _ClientGone from None
         backend = self._connect(route)
         if backend is None:
             return self._fail(cred, route, "Could not connect to server")
@@ -257,11 +264,12 @@ class Session:
         if hasattr(login, "tag"):
             self._tag = imap4.next_tag(login.tag)
 
-    def _fail(self, cred: Credentials, route: Route | None, reason: str) -> None:
+    def _fail(self, cred: Credentials, route: Route | None, reason: str,
+              *, port: str | None = None) -> None:
         text = f"failed: {reason}"
         self._s.sleep(limits.AUTH_FAIL_DELAY)
         self._write(self._engine.reply_failure(text))
-        self._log_auth(cred, route, text)
+        self._log_auth(cred, route, text, port=port)
         return None
 
     def _succeed(self, cred: Credentials, route: Route, result: LoginResult) -> None:
@@ -273,10 +281,14 @@ class Session:
 
     # -- log lines ---------------------------------------------------------
 
-    def _auth_line(self, cred: Credentials, route: Route | None, status: str) -> str:
+    def _auth_line(self, cred: Credentials, route: Route | None, status: str,
+                   port: str | None = None) -> str:
+        # Without a route perdition prints "(null)" for the server and its
+        # default port text (or "(null)" when it never got that far).
         user = route.authorisation_id if route is not None else cred.user
         server = route.server if route is not None else "(null)"
-        port = route.port_text if route is not None else "(null)"
+        if port is None:
+            port = route.port_text if route is not None else self._opt.outgoing_port_text
         return (f'Auth:{self._from_to} client-secure=plaintext authorisation_id=NONE '
                 f'authentication_id="{user}"{self._password_part(cred, status)} '
                 f'server="{server}:{port}" protocol={self._opt.protocol} '
@@ -289,8 +301,9 @@ class Session:
             return f' passwd="{cred.password}"'
         return ""
 
-    def _log_auth(self, cred: Credentials, route: Route | None, status: str) -> None:
-        log.info("%s", self._auth_line(cred, route, status))
+    def _log_auth(self, cred: Credentials, route: Route | None, status: str,
+                  *, port: str | None = None) -> None:
+        log.info("%s", self._auth_line(cred, route, status, port))
 
     # -- after login -------------------------------------------------------
 
