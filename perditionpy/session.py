@@ -213,6 +213,9 @@ class Session:
             self._succeed(cred, route, result)
             if result.trailing:
                 self._write(result.trailing)
+            pipelined = self._engine.pending_data()
+            if pipelined:  # perdition drops these; a pipelining client expects them sent
+                sock.sendall(pipelined)
             return sock, cred, route
         return self._backend_refused(cred, route, sock, login, result)
 

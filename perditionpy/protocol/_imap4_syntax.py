@@ -93,6 +93,12 @@ class CommandReader:
         else:
             self.eof = True
 
+    def take_remaining(self) -> bytes:
+        """Hand over the bytes received but not parsed (pipelined after LOGIN)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
     @property
     def mid_command(self) -> bool:
         """True while an unfinished command has been partly received."""

@@ -94,6 +94,10 @@ class Imap4FrontEnd:
         """The back-end's final reply (tag stripped) under the client's tag."""
         return self._answer_login(_line(self._tag, line))
 
+    def pending_data(self) -> bytes:
+        """Bytes the client pipelined after LOGIN, for the back-end once logged in."""
+        return self._reader.take_remaining()
+
     def _answer_login(self, data: bytes) -> bytes:
         self._state = _State.COMMANDS
         return data
