@@ -1,0 +1,46 @@
+# perditionpy: the commands a developer and CI need. See README.md.
+#
+#   make test       install what is missing, then run the whole test suite
+#   make run        the demo: perditionpy (IMAP4 + POP3) in front of a private Dovecot
+#   make lint       ruff
+#   make bench      (later) the side-by-side benchmark
+#   make cplugins   (later) the C host shim and example map libraries
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.perditionpy-installed
+PYTEST_ARGS ?=
+
+.PHONY: test run lint deps venv bench cplugins clean
+
+test: deps venv
+	$(PY) -m pytest tests/ $(PYTEST_ARGS)
+
+run: deps venv
+	$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# The Debian packages: one list, in scripts/install-deps.sh (quiet when all present).
+deps:
+	@scripts/install-deps.sh
+
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the project's metadata changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+bench cplugins:
+	@echo "make $@: not implemented yet" >&2
+	@exit 1
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
