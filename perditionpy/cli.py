@@ -16,6 +16,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of every console script; the protocol comes from argv[0]."""
     argv = list(sys.argv if argv is None else argv)
     prog = argv[0] if argv else "perdition"
+    if os.path.basename(prog) in ("__main__.py", "-c", ""):
+        prog = "perdition"  # python -m perditionpy behaves as the plain command
     name = os.path.basename(prog)
     from perditionpy import options as options_mod
 
