@@ -40,9 +40,7 @@ class App:
 
     def reload(self) -> None:
         """Open the map afresh and swap it in; sessions keep running."""
-        opt = self.options
-        log.info('Reloading map library "%s" with options "%s"', opt.map_library,
-                 opt.map_library_opt)
+        opt = self.options  # the server has logged "Reloading map library ..."
         new = open_map(opt.map_library, opt.map_library_opt)
         with self._lock:
             old, self._map = self._map, new

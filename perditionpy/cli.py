@@ -42,7 +42,12 @@ def _run(opts: object, prog: str, name: str) -> int:
     except PerditionError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
-    log_mod.setup_logging(opts, prog)
+    try:
+        log_mod.setup_logging(opts, prog)
+    except OptionError as exc:
+        print(f"{name}: Fatal error opening logger: {exc}", file=sys.stderr)
+        app.close()
+        return 255
     try:
         return server.serve(opts, app.handle, reload=app.reload, prog=prog)  # type: ignore[arg-type]
     finally:

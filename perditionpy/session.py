@@ -16,10 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perditionpy import limits
+from perditionpy.log import NOTICE
 from perditionpy.maps.base import LookupContext
 from perditionpy.protocol import imap4, pop3
 from perditionpy.protocol.base import (
-    NEED_DATA, ClientClosed, Credentials, LoginResult, LoginStatus, Send, ToBackend, ToClient,
+    NEED_DATA,
+    ClientClosed,
+    Credentials,
+    LoginResult,
+    LoginStatus,
+    Send,
+    ToBackend,
+    ToClient,
 )
 from perditionpy.relay import relay
 from perditionpy.resolve import ConnectTargetError, ResolveError, Route
@@ -306,7 +314,7 @@ class Session:
 
     def _log_auth(self, cred: Credentials, route: Route | None, status: str,
                   *, port: str | None = None) -> None:
-        log.info("%s", self._auth_line(cred, route, status, port))
+        log.log(NOTICE, "%s", self._auth_line(cred, route, status, port))
 
     # -- after login -------------------------------------------------------
 

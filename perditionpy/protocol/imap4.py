@@ -18,8 +18,16 @@ from typing import Protocol
 
 from perditionpy.protocol import _imap4_syntax as syntax
 from perditionpy.protocol.base import (
-    NEED_DATA, ClientClosed, Credentials, LoginResult, LoginStatus, NeedData, Send,
-    ToBackend, ToClient, decode_name,
+    NEED_DATA,
+    ClientClosed,
+    Credentials,
+    LoginResult,
+    LoginStatus,
+    NeedData,
+    Send,
+    ToBackend,
+    ToClient,
+    decode_name,
 )
 
 __all__ = ["Imap4FrontEnd", "Imap4BackendLogin", "Imap4Options", "greeting_text", "capability"]

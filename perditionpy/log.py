@@ -1,0 +1,227 @@
+"""Where log lines go and what they look like: ``-F/--log_facility``, ``-d``, ``-q``.
+
+perdition logs through libvanessa_logger. Its lines, in a file or on stdout/stderr,
+read ``Nov  4 09:07:01 perdition[1234]: Connect: ...`` (``%b %e %H:%M:%S``, the
+program's basename, the pid of the process that wrote the line) and fail2ban
+filters match them, so every sink here writes exactly that. Syslog gets the same
+text behind a ``<PRI>`` prefix, as glibc's ``syslog()`` sends it to ``/dev/log``.
+
+The sinks (``-F``):
+
+* a name such as ``mail``, ``daemon``, ``local0``..``local7`` → syslog with that
+  facility (stderr, with a warning, when ``/dev/log`` is absent);
+* ``/path`` → that file, appended to, reopened by :func:`reopen` (SIGHUP);
+* ``-`` → stdout; ``+`` → stderr (perdition looks at the first character only).
+
+Levels: INFO by default; ``-q`` keeps errors only (perdition's LOG_ERR ceiling,
+which hides the Connect/Auth/Closing lines and every other informational line);
+``-d`` logs everything and wins over ``-q``. :data:`NOTICE` is syslog's notice
+priority, the one perdition gives its ``Auth:`` line.
+
+Everything goes through :mod:`logging` on the root logger; this module only
+installs handlers on it, so it keeps no state of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import stat
+import sys
+import time
+from types import MappingProxyType
+from typing import Protocol, TextIO
+
+from perditionpy.errors import OptionError
+
+__all__ = [
+    "NOTICE",
+    "SYSLOG_SOCKET",
+    "LineFormatter",
+    "level_for",
+    "make_handler",
+    "reopen",
+    "setup_logging",
+    "writes_to_std_stream",
+]
+
+# syslog's "notice" priority, between INFO and WARNING.
+NOTICE = 25
+SYSLOG_SOCKET = "/dev/log"
+
+# glibc's facilitynames table, which vanessa_logger looks names up in.
+_FACILITIES = MappingProxyType({
+    "auth": 4, "authpriv": 10, "cron": 9, "daemon": 3, "ftp": 11, "kern": 0,
+    "lpr": 6, "mail": 2, "news": 7, "security": 4, "syslog": 5, "user": 1,
+    "uucp": 8, **{f"local{n}": 16 + n for n in range(8)},
+})
+# English names whatever the locale, as fail2ban's date patterns expect.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class LogOptions(Protocol):
+    """The options this module reads."""
+
+    @property
+    def log_facility(self) -> str: ...
+    @property
+    def debug(self) -> bool: ...
+    @property
+    def quiet(self) -> bool: ...
+
+
+def timestamp(when: float) -> str:
+    """``%b %e %H:%M:%S`` in local time, with English month names."""
+    t = time.localtime(when)
+    return f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+
+
+class LineFormatter(logging.Formatter):
+    """vanessa_logger's line: ``<timestamp> <ident>[<pid>]: <message>``."""
+
+    def __init__(self, ident: str) -> None:
+        super().__init__()
+        self.ident = ident
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        # Client input may reach a message as lone surrogates; no sink can encode those.
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return f"{timestamp(record.created)} {self.ident}[{record.process}]: {text}"
+
+
+class _SyslogHandler(logging.handlers.SysLogHandler):
+    """glibc's wire format: ``<PRI>`` + the line, newline-terminated, no NUL."""
+
+    append_nul = False
+
+    def __init__(self, address: str, facility: int) -> None:
+        super().__init__(address=address, facility=facility)
+
+    def mapPriority(self, levelName: str) -> str:  # logging names it so
+        if levelName == logging.getLevelName(NOTICE):
+            return "notice"
+        return super().mapPriority(levelName)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record) + "\n"
+
+
+class _FileHandler(logging.FileHandler):
+    """An appended log file that SIGHUP reopens (after logrotate moved it)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Switch to a fresh handle on the path; keep the old one if that fails."""
+        try:
+            fresh = self._open()
+        except OSError as exc:
+            logging.getLogger(__name__).error("Could not reopen log file %s: %s",
+                                              self.baseFilename, exc.strerror)
+            return
+        self.acquire()
+        try:
+            old, self.stream = self.stream, fresh
+        finally:
+            self.release()
+        if old is not None:
+            old.close()
+
+
+class _StreamHandler(logging.StreamHandler[TextIO]):
+    """stdout or stderr (``-F -`` / ``-F +``)."""
+
+
+_OUR_HANDLERS = (_SyslogHandler, _FileHandler, _StreamHandler)
+
+
+def writes_to_std_stream(log_facility: str) -> bool:
+    """True for ``-F -`` and ``-F +``, which keep the process in the foreground."""
+    return log_facility[:1] in ("-", "+")
+
+
+def level_for(options: LogOptions) -> int:
+    """``-d`` → DEBUG (wins over ``-q``); ``-q`` → ERROR; otherwise INFO."""
+    if options.debug:
+        return logging.DEBUG
+    return logging.ERROR if options.quiet else logging.INFO
+
+
+def _facility_number(name: str) -> int:
+    try:
+        return _FACILITIES[name.lower()]
+    except KeyError:
+        raise OptionError("log_facility", name,
+                          "not a syslog facility, a /path, - or +") from None
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _syslog_handler(name: str, address: str) -> logging.Handler:
+    facility = _facility_number(name)
+    if not _is_socket(address):
+        # Warned about once the handler is installed, so the warning goes through it.
+        return _StreamHandler(sys.stderr)
+    return _SyslogHandler(address, facility)
+
+
+def _file_handler(path: str) -> logging.Handler:
+    try:
+        return _FileHandler(path)
+    except OSError as exc:
+        raise OptionError("log_facility", path,
+                          f"cannot open log file: {exc.strerror}") from None
+
+
+def make_handler(log_facility: str, syslog_address: str = SYSLOG_SOCKET) -> logging.Handler:
+    """The handler for one ``-F`` value (raises ``OptionError`` for a bad one)."""
+    if log_facility.startswith("-"):
+        return _StreamHandler(sys.stdout)
+    if log_facility.startswith("+"):
+        return _StreamHandler(sys.stderr)
+    if log_facility.startswith("/"):
+        return _file_handler(log_facility)
+    return _syslog_handler(log_facility, syslog_address)
+
+
+def setup_logging(options: LogOptions, prog: str, *,
+                  syslog_address: str = SYSLOG_SOCKET) -> None:
+    """Point the root logger at the sink ``-F`` names, with the ``-d``/``-q`` level.
+
+    Calling it again replaces the handlers an earlier call installed.
+    Raises ``OptionError`` for an unknown facility or a log file that cannot be opened.
+    """
+    logging.addLevelName(NOTICE, "NOTICE")
+    handler = make_handler(options.log_facility, syslog_address)
+    handler.setFormatter(LineFormatter(os.path.basename(prog) or "perdition"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _OUR_HANDLERS)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level_for(options))
+    if _wanted_syslog(options.log_facility) and not isinstance(handler, _SyslogHandler):
+        logging.getLogger(__name__).warning(
+            "%s is not a socket: logging to stderr instead of syslog", syslog_address)
+
+
+def _wanted_syslog(log_facility: str) -> bool:
+    return log_facility[:1] not in ("-", "+", "/")
+
+
+def reopen() -> None:
+    """Reopen the log file, if logging goes to one (SIGHUP, after log rotation)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _FileHandler):
+            handler.reopen()

@@ -1,0 +1,823 @@
+"""The daemon's life cycle: listeners, inetd mode, detaching, the pid file,
+dropping privileges, the connection limit, signals and connection threads.
+
+The main thread only accepts and acts on signals; each connection goes to
+``handle`` in a thread of its own. Signal handlers only record the signal and
+wake the loop through a socketpair: SIGHUP reopens the log and calls ``reload``
+(connections keep running); SIGTERM/SIGINT/SIGQUIT stop accepting, remove the
+pid file and give connections :data:`SHUTDOWN_GRACE` seconds before their
+sockets are shut down. Deliberate differences from perdition 2.2 are listed in
+docs/compatibility.md and marked where they happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import ipaddress
+import logging
+import os
+import pwd
+import selectors
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from perditionpy import limits
+from perditionpy import log as log_mod
+from perditionpy.errors import PerditionError
+
+if TYPE_CHECKING:
+    from perditionpy.endpoints import UserServerPort
+    from perditionpy.options import Options
+
+__all__ = [
+    "EXIT_FATAL",
+    "SHUTDOWN_GRACE",
+    "Server",
+    "StartupError",
+    "default_pid_file",
+    "open_listeners",
+    "serve",
+]
+
+logger = logging.getLogger(__name__)
+
+Address = tuple[Any, ...]
+Handler = Callable[[socket.socket, Address | None, Address | None], None]
+
+# Seconds running connections get after SIGTERM before their sockets are shut down:
+# long enough for logins in progress to finish, short of init's stop timeouts (90 s).
+SHUTDOWN_GRACE = 10.0
+# After shutting the sockets down, how long sessions get to log their Closing lines.
+_CLOSE_WAIT = 2.0
+# How long accepting pauses after running out of file descriptors or memory.
+_ACCEPT_PAUSE = 1.0
+# How long inetd mode waits for the last bytes to reach stdout after the session ends.
+_FLUSH_WAIT = 5.0
+EXIT_FATAL = 255  # perdition's exit(-1)
+EXIT_PID_FILE = 1  # perdition exits 1 when it cannot write the pid file
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# perdition ignores these; their default action would kill the process.
+_IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class StartupError(PerditionError):
+    """The daemon cannot start; ``str()`` is the line to log, ``status`` the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FATAL) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def serve(options: Options, handle: Handler, *, reload: Callable[[], None],
+          prog: str, grace: float = SHUTDOWN_GRACE) -> int:
+    """Run the daemon (or the one inetd connection) until it stops; return the exit status.
+
+    ``handle(conn, client_addr, local_addr)`` runs one connection to its end and
+    closes ``conn``. Logging must already be set up (``log.setup_logging``).
+    """
+    return Server(options, handle, reload=reload, prog=prog, grace=grace).run()
+
+
+# ---------------------------------------------------------------- listeners
+
+def _port_number(text: str) -> int:
+    """A port given as a number or a service name (``imap2``)."""
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < 65536:
+            return number
+        raise StartupError(f"Fatal error: port {text} out of range. Exiting.")
+    try:
+        return socket.getservbyname(text, "tcp")
+    except OSError:
+        raise StartupError(f'Fatal error: unknown service "{text}". Exiting.') from None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _bind_target(entry: UserServerPort, default_port: int) -> tuple[str, int]:
+    """``(host, port)`` for one ``-b`` entry; ``""`` is every address.
+
+    The shared endpoint parser reads a bare IPv6 literal such as ``::1`` as host
+    ``:`` and port ``1``; put such an entry back together when only the whole
+    text is an address (``[::1]:143`` is the unambiguous spelling).
+    """
+    host, port = entry.server or "", entry.port
+    if port and ":" in host and not _is_ip(host) and _is_ip(f"{host}:{port}"):
+        host, port = f"{host}:{port}", None
+    return host, _port_number(port) if port else default_port
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_failed(host: str, port: int, exc: OSError) -> StartupError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return StartupError(f"Fatal error listening for connections on {_where(host, port)}: "
+                        f"{reason}. Exiting.")
+
+
+def _listen(family: int, sockaddr: Address, *, dualstack: bool = False) -> socket.socket:
+    # create_server sets SO_REUSEADDR, and IPV6_V6ONLY unless dual-stack.
+    sock = socket.create_server(sockaddr, family=family, backlog=socket.SOMAXCONN,
+                                dualstack_ipv6=dualstack)
+    sock.setblocking(False)
+    return sock
+
+
+def _listen_everywhere(port: int) -> socket.socket:
+    """``::`` for IPv6 and IPv4 at once where the host has IPv6, else ``0.0.0.0``."""
+    if socket.has_dualstack_ipv6():
+        try:
+            return _listen(socket.AF_INET6, ("::", port), dualstack=True)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _bind_failed("::", port, exc) from None
+            logger.debug("No IPv6 listener (%s): using 0.0.0.0", exc)
+    try:
+        return _listen(socket.AF_INET, ("0.0.0.0", port))
+    except OSError as exc:
+        raise _bind_failed("0.0.0.0", port, exc) from None
+
+
+def _listen_on(host: str, port: int) -> socket.socket:
+    """The first address ``host`` resolves to that binds, as perdition does.
+
+    A busy port is fatal at once rather than falling through to another family.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _bind_failed(host, port, exc) from None
+    failure = OSError(errno.EADDRNOTAVAIL, "no address")
+    for family, _, _, _, sockaddr in infos:
+        try:
+            return _listen(family, sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _bind_failed(host, port, exc) from None
+            failure = exc
+    raise _bind_failed(host, port, failure)
+
+
+def open_listeners(options: Options) -> list[socket.socket]:
+    """Bind every ``-b`` address (all addresses when there are none); non-blocking."""
+    targets = [_bind_target(entry, options.listen_port) for entry in options.bind_address]
+    sockets: list[socket.socket] = []
+    try:
+        for host, port in targets or [("", options.listen_port)]:
+            sockets.append(_listen_on(host, port) if host else _listen_everywhere(port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    for sock in sockets:
+        logger.debug("Listening on %s", _where(*sock.getsockname()[:2]))
+    return sockets
+
+
+def plain_address(address: object) -> Address | None:
+    """An address tuple for the session: IPv4-mapped IPv6 shown as IPv4, as perdition
+    (listening on 0.0.0.0) logs it; ``None`` for non-IP sockets."""
+    if not isinstance(address, tuple) or not address:
+        return None
+    host = address[0]
+    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
+        return (host[len("::ffff:"):], address[1])
+    return address
+
+
+# ---------------------------------------------------------------- pid file
+
+def default_pid_file(prog: str) -> str:
+    """perdition's default: ``/var/run/<basename>/<basename>.pid``."""
+    base = os.path.basename(prog) or "perdition"
+    return f"/var/run/{base}/{base}.pid"
+
+
+def _pid_file_path(options: Options, prog: str) -> str:
+    """``None`` (unset) → the default; ``""`` → no pid file; never one in inetd mode."""
+    if options.inetd_mode:
+        return ""
+    return default_pid_file(prog) if options.pid_file is None else options.pid_file
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            text = file.read(32).strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():  # a pid reused by this very process (containers)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clear_stale_pid_file(path: str) -> None:
+    pid = _read_pid(path)
+    if pid is not None and _running(pid):
+        raise StartupError(f"Fatal error: Pid file [{path}] exists for process [{pid}] "
+                           "which appears to be running, exiting", EXIT_PID_FILE)
+    os.unlink(path)
+    logger.info("Removed stale pid-file [%s]", path)
+
+
+def _make_pid_directory(path: str, owner: tuple[int, int] | None) -> None:
+    """Create the pid file's directory (one level) so the dropped user can remove the
+    file later: perdition's advice is a directory of its own under /var/run."""
+    directory = os.path.dirname(path)
+    if os.path.isdir(directory):
+        return
+    os.mkdir(directory, 0o770)
+    if owner is not None:
+        os.chown(directory, *owner)
+
+
+def _create_pid_file(path: str) -> int:
+    for _ in range(2):
+        try:
+            return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            _clear_stale_pid_file(path)
+    raise StartupError(f"Could not write pid file [{path}]: it keeps reappearing",
+                       EXIT_PID_FILE)
+
+
+def write_pid_file(path: str, owner: tuple[int, int] | None) -> None:
+    """Write our pid (mode 0660, owned by ``owner`` when given); refuse if one runs."""
+    try:
+        _make_pid_directory(path, owner)
+        fd = _create_pid_file(path)
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, 0o660)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StartupError(f"Could not write pid file [{path}]: {exc.strerror}",
+                           EXIT_PID_FILE) from None
+
+
+def remove_pid_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        logger.info("Could not remove pid file [%s]: %s", path, exc.strerror)
+
+
+# ---------------------------------------------------------------- identity
+
+def _group_id(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StartupError(f'Fatal error: group "{group}" not found. Exiting.') from None
+
+
+def _user_ids(username: str) -> tuple[int, str | None]:
+    """``(uid, login name or None)`` for a name or a number."""
+    try:
+        if username.isdigit():
+            uid = int(username)
+            return uid, pwd.getpwuid(uid).pw_name
+        return pwd.getpwnam(username).pw_uid, username
+    except KeyError:
+        if username.isdigit():
+            return int(username), None
+        raise StartupError(f'Fatal error: user "{username}" not found. Exiting.') from None
+
+
+def _identity(options: Options) -> tuple[int, int, str | None]:
+    uid, name = _user_ids(options.username)
+    return uid, _group_id(options.group), name
+
+
+def drop_privileges(uid: int, gid: int, name: str | None) -> None:
+    """initgroups, setgid, setuid: in that order, while still allowed to."""
+    try:
+        if name is not None:
+            os.initgroups(name, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise StartupError(f"Fatal error setting group and userid: {exc.strerror}. "
+                           "Exiting.") from None
+    logger.debug("uid=%d euid=%d gid=%d egid=%d",
+                 os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+
+
+# ---------------------------------------------------------------- detaching
+
+def _stdio_to_devnull() -> None:
+    fd = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def _await_daemon(read_fd: int) -> int:
+    """In the foreground process: the daemon's start-up status (EOF: it died)."""
+    data = os.read(read_fd, 1)
+    return data[0] if data else EXIT_FATAL
+
+
+def _report_started(write_fd: int, status: int) -> None:
+    with contextlib.suppress(OSError):
+        os.write(write_fd, bytes([status & 0xFF]))
+        os.close(write_fd)
+
+
+def _stay_in_foreground(status: int) -> None:
+    """The start-up report when not detached: the exit status says it all."""
+
+
+def daemonize() -> Callable[[int], None]:
+    """Double fork, setsid, chdir /, stdio to /dev/null.
+
+    The foreground process waits and exits with the status the daemon reports
+    through the returned function, so start-up failures reach the shell (and
+    init sees the pid file only after it exists).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    read_fd, write_fd = os.pipe()
+    if os.fork() > 0:
+        os.close(write_fd)
+        os._exit(_await_daemon(read_fd))
+    os.close(read_fd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    _stdio_to_devnull()
+    return partial(_report_started, write_fd)
+
+
+# ---------------------------------------------------------------- inetd mode
+
+def _same_socket(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(a.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _StdioBridge:
+    """Joins fds 0 and 1 (pipes, e.g. tcpserver or a test) to one end of a
+    socketpair, which the session gets as its connection."""
+
+    def __init__(self) -> None:
+        self.inner, self._outer = socket.socketpair()
+        self._flushed = threading.Event()
+        start_thread(self._copy_in, "inetd-stdin")
+        start_thread(self._copy_out, "inetd-stdout")
+
+    def _copy_in(self) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(0, limits.RELAY_BUFFER_SIZE):
+                self._outer.sendall(chunk)
+            self._outer.shutdown(socket.SHUT_WR)
+
+    def _copy_out(self) -> None:
+        try:
+            while chunk := self._outer.recv(limits.RELAY_BUFFER_SIZE):
+                _write_all(1, chunk)
+        except OSError:
+            pass
+        finally:
+            self._flushed.set()
+
+    def finish(self) -> None:
+        """After the session closed ``inner``: wait for its last bytes to reach fd 1."""
+        self._flushed.wait(_FLUSH_WAIT)
+        self._outer.close()
+
+
+def inetd_connection() -> tuple[socket.socket, Callable[[], None]]:
+    """The connection on stdin/stdout, and what to call once the session is over."""
+    if _same_socket(0, 1):
+        return socket.socket(fileno=0), lambda: None
+    bridge = _StdioBridge()
+    return bridge.inner, bridge.finish
+
+
+def _addresses(conn: socket.socket) -> tuple[Address | None, Address | None]:
+    try:
+        return plain_address(conn.getpeername()), plain_address(conn.getsockname())
+    except OSError:
+        return None, None
+
+
+# ---------------------------------------------------------------- threads
+
+def start_thread(target: Callable[[], None], name: str) -> None:
+    """The one place threads are started (a bounded pool can replace it)."""
+    threading.Thread(target=target, name=name, daemon=True).start()
+
+
+class _Wakeup:
+    """Self-pipe: signal handlers record the signal, the C-level handler and
+    finishing connections write a byte, the main loop wakes and acts."""
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+        self.signals: deque[int] = deque()
+        self._saved: dict[int, Any] = {}
+        self._saved_fd: int | None = None
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def install(self) -> None:
+        """Route our signals here; only possible on the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.debug("Not on the main thread: signals are not handled")
+            return
+        self._saved_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGHUP, *_STOP_SIGNALS):
+            self._swap_handler(signum, self._record)
+        for signum in _IGNORED_SIGNALS:
+            self._swap_handler(signum, signal.SIG_IGN)
+
+    def _swap_handler(self, signum: int, handler: Any) -> None:
+        previous = signal.signal(signum, handler)
+        # None: a handler installed outside Python, which cannot be put back.
+        self._saved[signum] = signal.SIG_DFL if previous is None else previous
+
+    def restore(self) -> None:
+        for signum, previous in self._saved.items():
+            signal.signal(signum, previous)
+        if self._saved_fd is not None:
+            signal.set_wakeup_fd(self._saved_fd)
+        self._saved.clear()
+
+    def post(self, signum: int | None = None) -> None:
+        """Wake the main loop (from any thread), optionally as if ``signum`` arrived."""
+        if signum is not None:
+            self.signals.append(signum)
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self._writer.close()
+
+
+class _Connections:
+    """The connections being handled, for ``-L`` and for shutting down."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._on_change = on_change
+
+    def add(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._open.add(conn)
+
+    def discard(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(conn)
+        self._on_change()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def shutdown_all(self) -> None:
+        """Shut (not close) every socket: sessions see EOF and finish by themselves."""
+        with self._lock:
+            conns = list(self._open)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+def _tune_client_socket(conn: socket.socket, keepalive: bool) -> None:
+    conn.setblocking(True)
+    if conn.family in (socket.AF_INET, socket.AF_INET6):
+        # Sessions coalesce their writes; Nagle would only add latency.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if keepalive:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+# ---------------------------------------------------------------- the server
+
+class Server:
+    """One daemon (or one inetd connection) from start-up to exit."""
+
+    def __init__(self, options: Options, handle: Handler, *,
+                 reload: Callable[[], None], prog: str,
+                 grace: float = SHUTDOWN_GRACE) -> None:
+        self._options = options
+        self._handle = handle
+        self._reload = reload
+        self._prog = prog
+        self._grace = grace
+        self._wakeup = _Wakeup()
+        self._connections = _Connections(self._wakeup.post)
+        self._selector = selectors.DefaultSelector()
+        self._listeners: list[socket.socket] = []
+        self._accepting = False
+        self._paused_until = 0.0
+        self._stop_at: float | None = None  # when the grace period ends
+        self._closed_all = False
+        self._pid_file = ""
+
+    def stop(self) -> None:
+        """Ask the server to stop, as SIGTERM does; callable from any thread."""
+        self._wakeup.post(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Start, serve until stopped, clean up; return the exit status."""
+        try:
+            if self._options.inetd_mode:
+                return self._run_inetd()
+            return self._run_standalone()
+        except StartupError as exc:
+            logger.error("%s", exc)
+            return exc.status
+        finally:
+            self._cleanup()
+
+    # -- start-up
+
+    def _should_detach(self) -> bool:
+        opt = self._options
+        return not (opt.no_daemon or opt.inetd_mode
+                    or log_mod.writes_to_std_stream(opt.log_facility))
+
+    def _run_standalone(self) -> int:
+        self._listeners = open_listeners(self._options)
+        report = daemonize() if self._should_detach() else _stay_in_foreground
+        self._wakeup.install()  # not before: the foreground process must stay killable
+        try:
+            self._become_daemon()
+        except StartupError as exc:
+            logger.error("%s", exc)  # before the foreground process exits and reports it
+            report(exc.status)
+            return exc.status
+        report(0)
+        return self._main_loop()
+
+    def _become_daemon(self) -> None:
+        """Pid file (owned by the user we become, so it can be removed), then the drop."""
+        identity = self._identity_to_assume()
+        path = _pid_file_path(self._options, self._prog)
+        if path:
+            write_pid_file(path, identity[:2] if identity else None)
+            self._pid_file = path
+        if identity is not None:
+            drop_privileges(*identity)
+
+    def _identity_to_assume(self) -> tuple[int, int, str | None] | None:
+        """Who to become: only root can change, and PAM (``-a``) needs root throughout
+        (perdition switches after PAM in each forked child; threads cannot)."""
+        if self._options.authenticate_in:
+            if os.geteuid() != 0:
+                logger.info("Warning: not invoked as root, local authentication may fail")
+            return None
+        if os.geteuid() != 0:
+            return None
+        return _identity(self._options)
+
+    def _run_inetd(self) -> int:
+        self._wakeup.install()
+        identity = self._identity_to_assume()
+        if identity is not None:
+            drop_privileges(*identity)
+        conn, finish = inetd_connection()
+        client, local = _addresses(conn)
+
+        def handle_then_flush(sock: socket.socket, peer: Address | None,
+                              ours: Address | None) -> None:
+            try:
+                self._handle(sock, peer, ours)
+            finally:
+                sock.close()
+                finish()
+
+        self._spawn(conn, client, local, handle_then_flush)
+        return self._main_loop()
+
+    # -- connections
+
+    def _spawn(self, conn: socket.socket, client: Address | None, local: Address | None,
+               handle: Handler) -> None:
+        self._connections.add(conn)
+        try:
+            start_thread(partial(self._run_connection, handle, conn, client, local),
+                         name=f"connection-{conn.fileno()}")
+        except RuntimeError as exc:  # no more threads
+            logger.error("Cannot start a thread for a connection: %s", exc)
+            conn.close()
+            self._connections.discard(conn)
+
+    def _run_connection(self, handle: Handler, conn: socket.socket,
+                        client: Address | None, local: Address | None) -> None:
+        try:
+            handle(conn, client, local)
+        except Exception:
+            logger.exception("Fatal error in the connection from %s", client)
+        finally:
+            conn.close()
+            self._connections.discard(conn)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # the client gave up, or another readiness already took it
+        except OSError as exc:
+            self._accept_failed(exc)
+            return
+        try:
+            _tune_client_socket(conn, self._options.tcp_keepalive)
+            client, local = plain_address(conn.getpeername()), plain_address(conn.getsockname())
+        except OSError as exc:  # reset before we got to it
+            logger.debug("Dropping a connection that went away: %s", exc)
+            conn.close()
+            return
+        self._spawn(conn, client, local, self._handle)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        logger.error("Error accepting a connection: %s", exc.strerror or exc)
+        if exc.errno in _OUT_OF_RESOURCES:
+            # The listener stays readable; without a pause this would spin.
+            self._paused_until = time.monotonic() + _ACCEPT_PAUSE
+
+    # -- the main loop
+
+    def _main_loop(self) -> int:
+        self._selector.register(self._wakeup.reader, selectors.EVENT_READ, None)
+        self._update_accepting()
+        while not self._finished():
+            for key, _ in self._selector.select(self._select_timeout()):
+                if key.data is None:
+                    self._wakeup.drain()
+                elif self._may_accept():
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+            self._act_on_signals()
+            self._check_grace()
+            self._update_accepting()
+        return 0
+
+    def _finished(self) -> bool:
+        """Stopping (or inetd mode) and every connection is over, or waited out."""
+        if self._stop_at is None:
+            return self._options.inetd_mode and len(self._connections) == 0
+        if len(self._connections) == 0:
+            return True
+        return self._closed_all and time.monotonic() >= self._stop_at + _CLOSE_WAIT
+
+    def _select_timeout(self) -> float | None:
+        now = time.monotonic()
+        moments = [self._paused_until] if self._paused_until > now else []
+        if self._stop_at is not None:
+            moments.append(self._stop_at + (_CLOSE_WAIT if self._closed_all else 0.0))
+        return max(min(moments) - now, 0.0) if moments else None
+
+    def _may_accept(self) -> bool:
+        limit = self._options.connection_limit
+        return (self._stop_at is None and time.monotonic() >= self._paused_until
+                and (limit <= 0 or len(self._connections) < limit))
+
+    def _update_accepting(self) -> None:
+        wanted = self._may_accept() and bool(self._listeners)
+        if wanted == self._accepting:
+            return
+        self._accepting = wanted
+        for listener in self._listeners:
+            if wanted:
+                self._selector.register(listener, selectors.EVENT_READ, "listen")
+            else:
+                self._selector.unregister(listener)
+        self._log_accepting(wanted)
+
+    def _log_accepting(self, accepting: bool) -> None:
+        limit = self._options.connection_limit
+        if self._stop_at is not None or limit <= 0:
+            return
+        if not accepting and len(self._connections) >= limit:
+            logger.warning("Connection limit of %d reached: new connections wait "
+                           "until one closes", limit)
+        elif accepting:
+            logger.debug("Below the connection limit of %d again: accepting", limit)
+
+    # -- signals
+
+    def _act_on_signals(self) -> None:
+        while self._wakeup.signals:
+            signum = self._wakeup.signals.popleft()
+            if signum == signal.SIGHUP:
+                self._reload_everything()
+            else:
+                self._begin_stop(signum)
+
+    def _reload_everything(self) -> None:
+        log_mod.reopen()
+        logger.info("Reopened logger")
+        opt = self._options
+        logger.info('Reloading map library "%s" with options "%s"',
+                    opt.map_library, opt.map_library_opt)
+        try:
+            self._reload()
+        except Exception as exc:  # a bad map must not take the running daemon down
+            logger.error('Error reloading map library "%s": %s: keeping the map in use',
+                         opt.map_library, exc)
+
+    def _begin_stop(self, signum: int) -> None:
+        now = time.monotonic()
+        if self._stop_at is not None:  # asked twice: do not wait out the grace
+            self._stop_at = min(self._stop_at, now)
+            return
+        logger.info("Exiting on signal %d", signum)
+        self._stop_at = now + self._grace
+        self._close_listeners()
+        self._remove_pid_file()
+        if len(self._connections):
+            logger.info("Waiting up to %g seconds for %d connection(s) to finish",
+                        self._grace, len(self._connections))
+
+    def _check_grace(self) -> None:
+        if self._stop_at is None or self._closed_all or time.monotonic() < self._stop_at:
+            return
+        self._closed_all = True
+        if len(self._connections):
+            logger.info("Closing %d connection(s) still open", len(self._connections))
+            self._connections.shutdown_all()
+
+    # -- clean-up
+
+    def _close_listeners(self) -> None:
+        if self._accepting:
+            for listener in self._listeners:
+                self._selector.unregister(listener)
+            self._accepting = False
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+
+    def _remove_pid_file(self) -> None:
+        if self._pid_file:
+            remove_pid_file(self._pid_file)
+            self._pid_file = ""
+
+    def _cleanup(self) -> None:
+        self._wakeup.restore()
+        self._close_listeners()
+        self._remove_pid_file()
+        self._selector.close()
+        self._wakeup.close()
