@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import grp
 import ipaddress
 import logging
 import os
-import pwd
 import selectors
 import signal
 import socket
 import stat
-import sys
 import threading
 import time
 from collections import deque
@@ -33,7 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 from perditionpy import limits
 from perditionpy import log as log_mod
-from perditionpy.errors import PerditionError
+from perditionpy.daemon import (
+    EXIT_FATAL,
+    StartupError,
+    daemonize,
+    default_pid_file,
+    drop_privileges,
+    identity,
+    pid_file_path,
+    remove_pid_file,
+    stay_in_foreground,
+    write_pid_file,
+)
 
 if TYPE_CHECKING:
     from perditionpy.endpoints import UserServerPort
@@ -63,21 +71,11 @@ _CLOSE_WAIT = 2.0
 _ACCEPT_PAUSE = 1.0
 # How long inetd mode waits for the last bytes to reach stdout after the session ends.
 _FLUSH_WAIT = 5.0
-EXIT_FATAL = 255  # perdition's exit(-1)
-EXIT_PID_FILE = 1  # perdition exits 1 when it cannot write the pid file
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # perdition ignores these; their default action would kill the process.
 _IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class StartupError(PerditionError):
-    """The daemon cannot start; ``str()`` is the line to log, ``status`` the exit status."""
-
-    def __init__(self, message: str, status: int = EXIT_FATAL) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def serve(options: Options, handle: Handler, *, reload: Callable[[], None],
@@ -204,190 +202,6 @@ def plain_address(address: object) -> Address | None:
     if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
         return (host[len("::ffff:"):], address[1])
     return address
-
-
-# ---------------------------------------------------------------- pid file
-
-def default_pid_file(prog: str) -> str:
-    """perdition's default: ``/var/run/<basename>/<basename>.pid``."""
-    base = os.path.basename(prog) or "perdition"
-    return f"/var/run/{base}/{base}.pid"
-
-
-def _pid_file_path(options: Options, prog: str) -> str:
-    """``None`` (unset) → the default; ``""`` → no pid file; never one in inetd mode."""
-    if options.inetd_mode:
-        return ""
-    return default_pid_file(prog) if options.pid_file is None else options.pid_file
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as file:
-            text = file.read(32).strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():  # a pid reused by this very process (containers)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clear_stale_pid_file(path: str) -> None:
-    pid = _read_pid(path)
-    if pid is not None and _running(pid):
-        raise StartupError(f"Fatal error: Pid file [{path}] exists for process [{pid}] "
-                           "which appears to be running, exiting", EXIT_PID_FILE)
-    os.unlink(path)
-    logger.info("Removed stale pid-file [%s]", path)
-
-
-def _make_pid_directory(path: str, owner: tuple[int, int] | None) -> None:
-    """Create the pid file's directory (one level) so the dropped user can remove the
-    file later: perdition's advice is a directory of its own under /var/run."""
-    directory = os.path.dirname(path)
-    if os.path.isdir(directory):
-        return
-    os.mkdir(directory, 0o770)
-    if owner is not None:
-        os.chown(directory, *owner)
-
-
-def _create_pid_file(path: str) -> int:
-    for _ in range(2):
-        try:
-            return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except FileExistsError:
-            _clear_stale_pid_file(path)
-    raise StartupError(f"Could not write pid file [{path}]: it keeps reappearing",
-                       EXIT_PID_FILE)
-
-
-def write_pid_file(path: str, owner: tuple[int, int] | None) -> None:
-    """Write our pid (mode 0660, owned by ``owner`` when given); refuse if one runs."""
-    try:
-        _make_pid_directory(path, owner)
-        fd = _create_pid_file(path)
-        try:
-            if owner is not None:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, 0o660)
-            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise StartupError(f"Could not write pid file [{path}]: {exc.strerror}",
-                           EXIT_PID_FILE) from None
-
-
-def remove_pid_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        logger.info("Could not remove pid file [%s]: %s", path, exc.strerror)
-
-
-# ---------------------------------------------------------------- identity
-
-def _group_id(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise StartupError(f'Fatal error: group "{group}" not found. Exiting.') from None
-
-
-def _user_ids(username: str) -> tuple[int, str | None]:
-    """``(uid, login name or None)`` for a name or a number."""
-    try:
-        if username.isdigit():
-            uid = int(username)
-            return uid, pwd.getpwuid(uid).pw_name
-        return pwd.getpwnam(username).pw_uid, username
-    except KeyError:
-        if username.isdigit():
-            return int(username), None
-        raise StartupError(f'Fatal error: user "{username}" not found. Exiting.') from None
-
-
-def _identity(options: Options) -> tuple[int, int, str | None]:
-    uid, name = _user_ids(options.username)
-    return uid, _group_id(options.group), name
-
-
-def drop_privileges(uid: int, gid: int, name: str | None) -> None:
-    """initgroups, setgid, setuid: in that order, while still allowed to."""
-    try:
-        if name is not None:
-            os.initgroups(name, gid)
-        else:
-            os.setgroups([gid])
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as exc:
-        raise StartupError(f"Fatal error setting group and userid: {exc.strerror}. "
-                           "Exiting.") from None
-    logger.debug("uid=%d euid=%d gid=%d egid=%d",
-                 os.getuid(), os.geteuid(), os.getgid(), os.getegid())
-
-
-# ---------------------------------------------------------------- detaching
-
-def _stdio_to_devnull() -> None:
-    fd = os.open(os.devnull, os.O_RDWR)
-    for target in (0, 1, 2):
-        os.dup2(fd, target)
-    if fd > 2:
-        os.close(fd)
-
-
-def _await_daemon(read_fd: int) -> int:
-    """In the foreground process: the daemon's start-up status (EOF: it died)."""
-    data = os.read(read_fd, 1)
-    return data[0] if data else EXIT_FATAL
-
-
-def _report_started(write_fd: int, status: int) -> None:
-    with contextlib.suppress(OSError):
-        os.write(write_fd, bytes([status & 0xFF]))
-        os.close(write_fd)
-
-
-def _stay_in_foreground(status: int) -> None:
-    """The start-up report when not detached: the exit status says it all."""
-
-
-def daemonize() -> Callable[[int], None]:
-    """Double fork, setsid, chdir /, stdio to /dev/null.
-
-    The foreground process waits and exits with the status the daemon reports
-    through the returned function, so start-up failures reach the shell (and
-    init sees the pid file only after it exists).
-    """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    read_fd, write_fd = os.pipe()
-    if os.fork() > 0:
-        os.close(write_fd)
-        os._exit(_await_daemon(read_fd))
-    os.close(read_fd)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    _stdio_to_devnull()
-    return partial(_report_started, write_fd)
 
 
 # ---------------------------------------------------------------- inetd mode
@@ -601,7 +415,7 @@ class Server:
 
     def _run_standalone(self) -> int:
         self._listeners = open_listeners(self._options)
-        report = daemonize() if self._should_detach() else _stay_in_foreground
+        report = daemonize() if self._should_detach() else stay_in_foreground
         self._wakeup.install()  # not before: the foreground process must stay killable
         try:
             self._become_daemon()
@@ -615,7 +429,7 @@ class Server:
     def _become_daemon(self) -> None:
         """Pid file (owned by the user we become, so it can be removed), then the drop."""
         identity = self._identity_to_assume()
-        path = _pid_file_path(self._options, self._prog)
+        path = pid_file_path(self._options, self._prog)
         if path:
             write_pid_file(path, identity[:2] if identity else None)
             self._pid_file = path
@@ -631,7 +445,7 @@ class Server:
             return None
         if os.geteuid() != 0:
             return None
-        return _identity(self._options)
+        return identity(self._options)
 
     def _run_inetd(self) -> int:
         self._wakeup.install()
