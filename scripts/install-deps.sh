@@ -18,6 +18,19 @@ PACKAGES=(
     dovecot-pop3d        # ... POP3 ...
     dovecot-managesieved # ... and ManageSieve
     perdition            # perdition 2.2, the reference for differential tests
+    perdition-ldap       # ... and its map libraries
+    perdition-mysql
+    perdition-postgresql
+    mariadb-server       # real map servers, started privately by the tests
+    mariadb-client
+    libmariadb-dev       # mysqlclient (pip) builds against it
+    pkg-config
+    postgresql
+    slapd
+    ldap-utils
+    libdb5.3             # the Berkeley DB map (loaded with cffi)
+    libnsl2              # the NIS map (yp_match, loaded with cffi)
+    tinycdb              # cdb(1), to cross-check the CDB map
     libgdbm6             # the GDBM map (loaded with cffi)
     openssl              # test certificates
     curl                 # the demo's ready-to-paste client commands
