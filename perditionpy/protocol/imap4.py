@@ -259,6 +259,7 @@ class Imap4BackendLogin:
         self._eof = False
         self._step = _Step.GREETING
         self._logindisabled = False
+        self._capability_read = False
         self._outbox: list[ToBackend | ToClient | LoginResult] = []
 
     def receive_data(self, data: bytes) -> None:
@@ -329,11 +330,14 @@ class Imap4BackendLogin:
 
     def _untagged(self, line: bytes, raw: bytes) -> None:
         words = line.split()
-        if len(words) > 1 and words[1].upper() == b"CAPABILITY":
-            if self._step is _Step.CAPABILITY:
-                self._logindisabled = b"LOGINDISABLED" in (w.upper() for w in words[2:])
+        is_capability = len(words) > 1 and words[1].upper() == b"CAPABILITY"
+        if is_capability and self._step is _Step.CAPABILITY and not self._capability_read:
+            self._capability_read = True
+            self._logindisabled = b"LOGINDISABLED" in (w.upper() for w in words[2:])
             return
-        # perdition passes other untagged lines during login on to the client.
+        # perdition consumes only the reply to its own CAPABILITY; it passes every
+        # other untagged line on to the client (e.g. the capabilities Dovecot
+        # announces with a successful LOGIN).
         self._outbox.append(ToClient(line + CRLF))
 
     def _tagged(self, rest: bytes) -> None:
