@@ -104,10 +104,12 @@ class _Scanner:
 
     def _escaped(self, char: str) -> None:
         self.escape = False
-        if char in _NEWLINES:
+        if self.comment:
+            self._count(char)
+        elif char in _NEWLINES:
             self._count(char)
             self.keep = len(self.value) if self.value is not None else 0
-        elif not self.comment:
+        else:
             self._append(char)
             self.keep = len(self.value) if self.value is not None else 0
 

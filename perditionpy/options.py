@@ -220,14 +220,22 @@ def _from_file(path: str) -> list[_Given]:
     """The options of one config file; keys are long names or short letters."""
     given = []
     for entry in read_config_file(path):
-        spec = table.BY_LONG.get(entry.key) if len(entry.key) > 1 else \
-            table.BY_SHORT.get(entry.key)
+        key, value = _file_key_value(entry.key, entry.value)
+        spec = table.BY_LONG.get(key) if len(entry.key) > 1 else table.BY_SHORT.get(key)
         if spec is None:
-            raise ConfigFileError(path, entry.line, entry.key, None, "unknown option")
-        item = _Given(spec, entry.value, path, entry.line)
+            raise ConfigFileError(path, entry.line, key, None, "unknown option")
+        item = _Given(spec, value, path, entry.line)
         _check_file_entry(item)
         given.append(item)
     return given
+
+
+def _file_key_value(key: str, value: str | None) -> tuple[str, str | None]:
+    # perdition hands "--key" to popt, so a lone "timeout=60" works as --timeout=60.
+    if value is None and "=" in key[1:]:
+        name, _, text = key.partition("=")
+        return name, text
+    return key, value
 
 
 def _check_file_entry(item: _Given) -> None:

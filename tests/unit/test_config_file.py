@@ -6,9 +6,14 @@ own reader (``vanessa_config_file_read``) on the same text.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from perditionpy.config_file import (
     ConfigEntry,
@@ -48,6 +53,10 @@ SYNTAX = [
     ('ok_line "  x  "\n', [("ok_line", "  x  ")]),
     ("ok_line a\r\n", [("ok_line", "a")]),
     ("a\\ b c\n", [("a b", "c")]),
+    # a continued comment after a value still drops the value's trailing blanks
+    ("ok_line a b\t# note \\\nstill the note\ndebug\n", [("ok_line", "a b"), ("debug", None)]),
+    ("ok_line a\\\t\t# c\n", [("ok_line", "a\t")]),  # an escaped blank is kept
+    ('ok_line "a" \t""\n', [("ok_line", "a \t")]),  # blanks before a quote are inner
     ('managesieve_capability \\\n"\\"IMPLEMENTATION\\" \\"perdition\\"  "\\\n'
      '"\\"SASL\\" \\"PLAIN\\""\n',
      [("managesieve_capability", '"IMPLEMENTATION" "perdition"  "SASL" "PLAIN"')]),
@@ -135,3 +144,70 @@ def test_first_existing_candidate_wins(tmp_path: Path) -> None:
     (tmp_path / "perdition.imap4.conf").write_text("")
     assert find_config_file("perdition.imap4", "IMAP4", str(tmp_path)) == str(
         tmp_path / "perdition.imap4.conf")
+
+
+# ---------------------------------------------------------------- against libvanessa_adt
+
+_VANESSA = "/lib/libvanessa_adt.so.1"
+
+
+def _vanessa_argv(text: str) -> list[str]:
+    """The argv perdition builds from ``text``: libvanessa_adt's reader, called directly."""
+    lib = ctypes.CDLL(_VANESSA)
+    lib.vanessa_config_file_read.restype = ctypes.c_void_p
+    lib.vanessa_config_file_read.argtypes = [ctypes.c_char_p, ctypes.c_uint32]
+    lib.vanessa_dynamic_array_get_count.restype = ctypes.c_ssize_t
+    lib.vanessa_dynamic_array_get_count.argtypes = [ctypes.c_void_p]
+    lib.vanessa_dynamic_array_get_vector.restype = ctypes.POINTER(ctypes.c_char_p)
+    lib.vanessa_dynamic_array_get_vector.argtypes = [ctypes.c_void_p]
+    lib.vanessa_dynamic_array_destroy.argtypes = [ctypes.c_void_p]
+    with tempfile.NamedTemporaryFile(suffix=".conf", delete=False) as handle:
+        handle.write(text.encode())
+    try:
+        array = lib.vanessa_config_file_read(handle.name.encode(), 0)
+        assert array, "libvanessa_adt could not read its input"
+        vector = lib.vanessa_dynamic_array_get_vector(array)
+        words = [vector[i].decode() for i in range(lib.vanessa_dynamic_array_get_count(array))]
+        lib.vanessa_dynamic_array_destroy(array)
+        return words
+    finally:
+        os.unlink(handle.name)
+
+
+def _our_argv(text: str) -> list[str]:
+    words = [""]  # libvanessa_adt puts a dummy argv[0] first
+    for entry in parse_config_text(text):
+        words.append(("-" if len(entry.key) == 1 else "--") + entry.key)
+        words += [] if entry.value is None else [entry.value]
+    return words
+
+
+# Logical lines that start with a key and end in an unescaped newline: the text
+# on which perditionpy promises to read exactly what perdition reads.
+_CHARS = st.sampled_from(["a", "k", " ", "\t", "\\", "#", '"', "'", "x y", "\n"])
+_LINE = st.builds(lambda key, rest: key + "".join(rest) + "\n",
+                  st.sampled_from(["a", "k", "debug", "ok_line"]), st.lists(_CHARS, max_size=12))
+
+
+@pytest.mark.skipif(not os.path.exists(_VANESSA), reason="perdition's libvanessa_adt is absent")
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LINE, min_size=1, max_size=4).map("".join))
+def test_reader_agrees_with_libvanessa_adt(text: str) -> None:
+    try:
+        ours = _our_argv(text)
+    except ConfigFileError:
+        return  # unterminated quote or empty key: we refuse what perdition drops
+    ends_continued = text.endswith("\\\n")  # the last line then has no end: perdition drops it
+    starts_blank = any(line[:1] in (" ", "\t") for line in text.split("\n"))
+    if ends_continued or starts_blank:
+        return
+    # perdition trims a key's trailing blanks after choosing "-" or "--" by its length.
+    theirs = [w.rstrip(" \t") if w.startswith("-") else w for w in _vanessa_argv(text)]
+    assert [w.lstrip("-") for w in ours] == [w.lstrip("-") for w in theirs]
+
+
+@pytest.mark.skipif(not os.path.exists(_VANESSA), reason="perdition's libvanessa_adt is absent")
+@pytest.mark.parametrize(("text", "expected"), SYNTAX)
+def test_syntax_table_is_what_libvanessa_adt_reads(text: str,
+                                                   expected: list[tuple[str, str | None]]) -> None:
+    assert _our_argv(text) == _vanessa_argv(text)

@@ -481,6 +481,65 @@ def test_checksum_with_config_file(tmp_path: Path) -> None:
     assert o.option_mask[0] & 0x28 == 0x28  # perdition's -b-in-a-file mask quirk
 
 
+_NO_PID = ["--no_daemon", "-f", "", "-P", "IMAP4"]
+_PLAIN = ["-b", "127.0.0.1", "-M", "", "-s", "127.0.0.1", "-F", "+"]
+
+# More observations (same host), these without --pid_file "".
+OBSERVED_MORE = [
+    ([*_NO_PID, "-l", "41201", *_PLAIN, "-A", "local_authentication,remote_login,123456789"],
+     "0002d5a8"),  # add_domain cut to 38 bytes: "...remote_login,12345"
+    ([*_NO_PID, "-l", "41202", *_PLAIN, "-I", "X Y", "--imap_capability", "IMAP4REV1 LITERAL+"],
+     "00025a35"),  # -I sets all three, the later --imap_capability wins for IMAP
+    ([*_NO_PID, "-l", "41203", *_PLAIN, "-s", "u@h:110,[::1]:143,[fe80::1]"],
+     "0002cb15"),  # IPv6 servers are logged without their brackets
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), OBSERVED_MORE)
+def test_more_checksums_match_perdition(argv: list[str], expected: str) -> None:
+    o = parse(argv, "perdition", sysconfdir="/nonexistent")
+    assert f"{greeting_checksum(o, 'vm'):08x}" == expected
+
+
+@pytest.mark.parametrize(("port", "text", "observed", "extra"), [
+    # key=value lines (perdition hands "--key=value" to popt) and an empty value.
+    (41204, "timeout=9\nmap_library_opt=\nO hi there\n", 0x0002CBF8, []),
+    # strip_domain from the file is overridden by -S; -b in the file marks mask 0x28.
+    (41205, "strip_domain servername_lookup\nbind_address 127.0.0.1\n", 0x0002D68D,
+     ["-S", "local_auth"]),
+])
+def test_more_checksums_with_config_file(tmp_path: Path, port: int, text: str, observed: int,
+                                         extra: list[str]) -> None:
+    # Observed with the file at /tmp/h1exp/rec.conf; see test_checksum_with_config_file.
+    conf = tmp_path / "rec.conf"
+    conf.write_text(text)
+    argv = ["--no_daemon", "-f", str(conf), "-P", "IMAP4", "-l", str(port), *_PLAIN, *extra]
+    o = parse(argv, "perdition", sysconfdir="/nonexistent")
+    expected = observed - sum(b"/tmp/h1exp/rec.conf") + sum(str(conf).encode())
+    assert greeting_checksum(o, "vm") == expected
+
+
+def test_file_key_equals_value_lines(tmp_path: Path) -> None:
+    conf = tmp_path / "p.conf"
+    conf.write_text("timeout=9\nok_line='so in'\nmap_library_opt=\n")
+    o = opts("-f", str(conf))
+    assert (o.timeout, o.ok_line, o.map_library_opt) == (9, "so in", "")
+    assert {"timeout", "ok_line", "map_library_opt"} <= o.explicit
+
+
+@pytest.mark.parametrize(("text", "option"), [
+    ("ok_line=a b\n", "ok_line=a"),  # perdition: a stray argument "b"; here: no such option
+    ("t=5\n", "t"),  # only long names take the =value form, as with popt's --t=5
+    ("timeout=soon\n", "timeout"),
+])
+def test_file_key_equals_value_errors(tmp_path: Path, text: str, option: str) -> None:
+    conf = tmp_path / "p.conf"
+    conf.write_text(text)
+    with pytest.raises(ConfigFileError) as info:
+        opts("-f", str(conf))
+    assert (info.value.option, info.value.line) == (option, 1)
+
+
 def test_log_lines_shape() -> None:
     o = parse([*_IMAP, "-l", "41143", *_BASE], "perdition", sysconfdir="/nonexistent")
     first, main, ssl = options_mod.log_options_lines(o, "vm")
