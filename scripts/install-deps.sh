@@ -31,6 +31,8 @@ PACKAGES=(
     libdb5.3             # the Berkeley DB map (loaded with cffi)
     libnsl2              # the NIS map (yp_match, loaded with cffi)
     tinycdb              # cdb(1), to cross-check the CDB map
+    ypserv               # a real NIS server for the NIS map (run in private namespaces)
+    rpcbind
     libgdbm6             # the GDBM map (loaded with cffi)
     openssl              # test certificates
     curl                 # the demo's ready-to-paste client commands

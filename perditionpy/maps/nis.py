@@ -1,0 +1,170 @@
+"""The NIS map: perdition's ``libperditiondb_nis`` through libnsl's ``yp_match``.
+
+Owns two things:
+
+* :class:`NisClient`, the one owner of libnsl pointers (through the raw
+  declarations in :mod:`perditionpy.maps._nis_ffi`): the default domain and
+  ``yp_match``.  The value libnsl allocates is freed in ``finally``; the
+  domain string is libnsl's own static buffer and is only copied.
+* :class:`NisMap`, the ``Map`` built from ``-m``: the NIS map name
+  (``user_mail_server`` when empty), looked up in the machine's default NIS
+  domain (``domainname``) as perdition does, with the key's bytes (no NUL
+  terminator) and the value parsed as ``[user@]server[:port]``.
+
+libnsl keeps one table of bound servers and RPC clients for the whole process
+and does not lock it, so every ``yp_*`` call made here holds one process-wide
+lock.  A lookup therefore waits for the one before it, and a NIS server that
+does not answer holds up every lookup until libnsl's own RPC timeouts expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from perditionpy.endpoints import UserServerPort, parse_user_server_port
+from perditionpy.errors import MapError, PerditionError
+from perditionpy.maps import _nis_ffi
+from perditionpy.maps._nis_ffi import NisBinding
+from perditionpy.maps.base import LookupContext
+from perditionpy.protocol.base import decode_name, encode_name
+
+__all__ = ["DEFAULT_MAP", "NisClient", "NisError", "NisMap", "open_nis_map"]
+
+logger = logging.getLogger(__name__)
+
+# perdition's default NIS map name.
+DEFAULT_MAP = "user_mail_server"
+
+# libnsl's binding table is process-wide state shared by every yp_* call,
+# whichever FFI reaches it, so the lock must be process-wide too.
+_YP_LOCK = threading.Lock()
+
+
+class NisError(PerditionError):
+    """A ``yp_*`` call failed; ``code`` is its YPERR_* value."""
+
+    def __init__(self, message: str, code: int) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class NisClient:
+    """The libnsl calls the NIS map makes.  Callers hold :data:`_YP_LOCK`."""
+
+    def __init__(self, binding: NisBinding) -> None:
+        self._binding = binding
+
+    def _error(self, action: str, code: int) -> NisError:
+        reason = self._binding.ffi.string(self._binding.nsl.yperr_string(code))
+        return NisError(f"{action}: {reason.decode(errors='replace')}", code)
+
+    def default_domain(self) -> bytes:
+        """The machine's NIS domain; ``NisError`` when none is set."""
+        ffi = self._binding.ffi
+        domain = ffi.new("char **")
+        code: int = self._binding.nsl.yp_get_default_domain(domain)
+        if code != _nis_ffi.YPERR_SUCCESS:
+            raise self._error("yp_get_default_domain", code)
+        # libnsl's static buffer: copied, never freed.
+        return bytes(ffi.string(domain[0]))
+
+    def match(self, domain: bytes, map_name: bytes, key: bytes) -> bytes | None:
+        """``yp_match``: the value for ``key``; ``None`` on YPERR_KEY, ``NisError`` otherwise."""
+        ffi = self._binding.ffi
+        value = ffi.new("char **")
+        length = ffi.new("int *")
+        try:
+            code: int = self._binding.nsl.yp_match(domain, map_name, key, len(key), value, length)
+            if code == _nis_ffi.YPERR_KEY:
+                return None
+            if code != _nis_ffi.YPERR_SUCCESS:
+                raise self._error("yp_match", code)
+            return bytes(ffi.buffer(value[0], length[0]))
+        finally:
+            if value[0] != ffi.NULL:
+                self._binding.libc.free(value[0])
+
+
+class NisMap:
+    """perdition's NIS map: ``-m`` names the NIS map, ``key`` → ``[user@]host[:port]``."""
+
+    name = "nis"
+
+    def __init__(
+        self, options: str = "", *, domain: str | None = None, binding: NisBinding | None = None
+    ) -> None:
+        self.map_name = options or DEFAULT_MAP
+        # None: ask libnsl on every lookup, as perdition does (domainname may change).
+        self.domain = domain
+        self._client = NisClient(binding if binding is not None else _load_binding())
+        self._closed = False
+        self._available = True
+
+    def __repr__(self) -> str:
+        return f"NisMap({self.map_name!r})"
+
+    def get(self, key: str, context: LookupContext) -> UserServerPort | None:
+        """Look ``key`` up; ``None`` if absent or empty; ``MapError`` if NIS can't answer."""
+        # perdition passes C strings: a key or value ends at its first NUL.
+        raw_key = encode_name(key).split(b"\0", 1)[0]
+        if not raw_key:
+            return None  # yp_match refuses empty keys (YPERR_BADARGS); no entry has one
+        value = self._fetch(raw_key)
+        if value is None:
+            return None
+        text = decode_name(value.split(b"\0", 1)[0])
+        if not text:
+            return None
+        return parse_user_server_port(text, context.domain_delimiter)
+
+    def close(self) -> None:
+        """Nothing to release (libnsl keeps its bindings); later lookups raise ``MapError``."""
+        self._closed = True
+
+    def _fetch(self, key: bytes) -> bytes | None:
+        if self._closed:
+            raise MapError(self.name, f"{self.map_name}: map is closed")
+        with _YP_LOCK:
+            try:
+                domain = self._domain()
+                value = self._client.match(domain, encode_name(self.map_name), key)
+            except NisError as exc:
+                raise self._unavailable(str(exc)) from exc
+            self._note_available()
+        return value
+
+    def _domain(self) -> bytes:
+        if self.domain is not None:
+            return encode_name(self.domain)
+        try:
+            return self._client.default_domain()
+        except NisError as exc:
+            raise NisError(f"no NIS domain (set one with domainname): {exc}", exc.code) from exc
+
+    def _unavailable(self, reason: str) -> MapError:
+        """The error for a failed lookup; logs the first of a run of failures."""
+        error = MapError(self.name, f"cannot look up in NIS map {self.map_name}: {reason}")
+        if self._available:
+            self._available = False
+            logger.warning(
+                "%s; lookups fail (falling back to --outgoing_server) until NIS answers", error
+            )
+        return error
+
+    def _note_available(self) -> None:
+        if not self._available:
+            self._available = True
+            logger.info("NIS map %s answers again", self.map_name)
+
+
+def _load_binding() -> NisBinding:
+    try:
+        return _nis_ffi.load()
+    except OSError as exc:
+        raise MapError(NisMap.name, f"cannot load {_nis_ffi.NSL_LIBRARY}: {exc}") from exc
+
+
+def open_nis_map(options: str) -> NisMap:
+    """The registry's factory: a :class:`NisMap` on ``options`` (a NIS map name)."""
+    return NisMap(options)
