@@ -8,6 +8,10 @@ say (perditionpy.protocol), the resolver decides where to go
 
 from __future__ import annotations
 
+# socket.gethostbyaddr() imports this codec on first use; after the privilege
+# drop (inetd mode binds nothing, so nothing imported it before) the new user
+# may not be able to read the standard library: import it now.
+import encodings.idna  # noqa: F401
 import logging
 import os
 import socket
