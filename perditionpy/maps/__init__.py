@@ -50,12 +50,19 @@ _OPTION = "map_library"
 
 # Built-in kinds: name → "module:factory", imported on first use.
 _BUILTIN: dict[str, str] = {
+    "cdb": "perditionpy.maps.cdb:open_cdb_map",
     "gdbm": "perditionpy.maps.gdbm:open_gdbm_map",
+    "bdb": "perditionpy.maps.bdb:open_bdb_map",
+    "posix_regex": "perditionpy.maps.posix_regex:open_posix_regex_map",
+    "ldap": "perditionpy.maps.ldap:open_ldap_map",
+    "nis": "perditionpy.maps.nis:open_nis_map",
+    "mysql": "perditionpy.maps.mysql:open_mysql_map",
+    "postgresql": "perditionpy.maps.postgresql:open_postgresql_map",
 }
 
 # Kinds perdition 2.2 ships that perditionpy does not have yet.
 _PLANNED = frozenset({
-    "bdb", "cdb", "daemon", "ldap", "mysql", "nis", "odbc", "posix_regex", "postgresql",
+    "daemon", "odbc",
 })
 
 _PERDITION_LIBRARY = re.compile(r"libperditiondb_(?P<kind>\w+)\.so(\.[0-9.]*)?")
