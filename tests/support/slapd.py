@@ -8,6 +8,8 @@ by everyone), starts ``slapd -d 0`` in the foreground on a free
 ``ldaps://127.0.0.1:<port>/`` too, and returns once an anonymous search of
 the root DSE succeeds.  ``stop()`` / ``start()`` keep the data and the ports:
 that is how tests take the directory away from a running map.
+``Slapd(workdir, schemas=…, suffix=…)`` loads other schema LDIF files and
+serves another suffix instead (its root is then ``cn=admin,<suffix>``).
 
 ``ldif()`` loads entries as the root DN with ldapmodify; ``connections()``
 counts the TCP connections the server has open on its plain port (from
@@ -24,7 +26,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,11 +136,16 @@ def shared_slapd(make_dir: Callable[[str], Path], add_cleanup: Callable[[Callabl
 class Slapd:
     """One private directory server; its ports are fixed for its whole life."""
 
-    def __init__(self, workdir: Path, tls: TlsFiles | None = None) -> None:
+    def __init__(self, workdir: Path, tls: TlsFiles | None = None, *,
+                 schemas: Sequence[Path] = (Path(_CORE_SCHEMA), SCHEMA_LDIF),
+                 suffix: str = SUFFIX) -> None:
         if not slapd_available():
             raise SlapdError("slapd / slapadd / ldap-utils are not installed")
         self.workdir = workdir
         self.tls = tls
+        self.schemas = tuple(schemas)
+        self.suffix = suffix
+        self.admin_dn = f"cn=admin,{suffix}"
         self.config_dir = workdir / "slapd.d"
         self.data_dir = workdir / "data"
         self.log_path = workdir / "slapd.log"
@@ -193,7 +200,7 @@ class Slapd:
 
     def ldif(self, text: str, *, add: bool = True) -> None:
         """Apply LDIF as the root DN (``add``: entries without a changetype are added)."""
-        command = ["ldapmodify", "-x", "-H", self.url, "-D", ADMIN_DN, "-w", ADMIN_PASSWORD]
+        command = ["ldapmodify", "-x", "-H", self.url, "-D", self.admin_dn, "-w", ADMIN_PASSWORD]
         result = subprocess.run([*command, *(["-a"] if add else [])], input=text.encode(),
                                 capture_output=True, timeout=30, check=False)
         if result.returncode != 0:
@@ -230,6 +237,7 @@ class Slapd:
             f"olcTLSCACertificateFile: {self.tls.ca}\n"
             f"olcTLSCertificateFile: {self.tls.cert}\n"
             f"olcTLSCertificateKeyFile: {self.tls.key}\n")
+        includes = "".join(f"include: file://{schema}\n\n" for schema in self.schemas)
         return f"""dn: cn=config
 objectClass: olcGlobal
 cn: config
@@ -245,11 +253,7 @@ dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
 cn: schema
 
-include: file://{_CORE_SCHEMA}
-
-include: file://{SCHEMA_LDIF}
-
-dn: olcDatabase={{-1}}frontend,cn=config
+{includes}dn: olcDatabase={{-1}}frontend,cn=config
 objectClass: olcDatabaseConfig
 objectClass: olcFrontendConfig
 olcDatabase: {{-1}}frontend
@@ -266,8 +270,8 @@ objectClass: olcMdbConfig
 olcDatabase: {{1}}mdb
 olcDbDirectory: {self.data_dir}
 olcDbMaxSize: 33554432
-olcSuffix: {SUFFIX}
-olcRootDN: {ADMIN_DN}
+olcSuffix: {self.suffix}
+olcRootDN: {self.admin_dn}
 olcRootPW: {ADMIN_PASSWORD}
 olcAccess: {{0}}to * by * read
 """
