@@ -3,8 +3,8 @@
 #   make test       install what is missing, then run the whole test suite
 #   make run        the demo: perditionpy (IMAP4 + POP3) in front of a private Dovecot
 #   make lint       ruff
-#   make bench      (later) the side-by-side benchmark
-#   make cplugins   (later) the C host shim and example map libraries
+#   make bench      the side-by-side benchmark (bench/README.md; < 10 minutes)
+#   make cplugins   the C host shim and example map libraries (cplugins/build/)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test run lint deps venv bench cplugins clean
 
-test: deps venv
+test: deps venv cplugins
 	$(PY) -m pytest tests/ $(PYTEST_ARGS)
 
 run: deps venv
@@ -37,9 +37,15 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-bench cplugins:
-	@echo "make $@: not implemented yet" >&2
-	@exit 1
+# perditionpy, perdition 2.2, NGINX mail and Dovecot side by side; prints the table
+# and writes bench/results/<date>.md. BENCH_ARGS: see `$(PY) bench/run.py --help`.
+BENCH_ARGS ?=
+bench: deps venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The C host shim and example map libraries (cplugins/build/); plain gcc.
+cplugins:
+	@cplugins/build.sh
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache

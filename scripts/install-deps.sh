@@ -33,6 +33,10 @@ PACKAGES=(
     tinycdb              # cdb(1), to cross-check the CDB map
     ypserv               # a real NIS server for the NIS map (run in private namespaces)
     rpcbind
+    libpam-wrapper       # pam_wrapper + pam_matrix for the PAM tests
+    sieve-connect        # a real ManageSieve client
+    nginx                # make bench: NGINX mail proxy side by side
+    libnginx-mod-mail
     libgdbm6             # the GDBM map (loaded with cffi)
     openssl              # test certificates
     curl                 # the demo's ready-to-paste client commands

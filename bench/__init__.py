@@ -1,0 +1,1 @@
+"""The side-by-side benchmark (issue 7): load generator, targets and runner."""

@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""``make bench``: perditionpy, perdition 2.2, NGINX mail and Dovecot itself, side by side.
+
+One private Dovecot (bench/targets.py) is the back-end of every proxy; the load
+generator (bench/loadgen.py) runs as a process of its own. For each figure the
+targets are measured one after the other, in the same run, so the ratios compare
+like with like. The figures:
+
+* IMAP and POP3 logins/s at concurrency 1, 16 and 64 (login -> NOOP/STAT -> logout);
+* p50/p99 connect-to-authenticated at concurrency 64;
+* relay MB/s of a 20 MiB message (IMAP FETCH and POP3 RETR, plain);
+* memory per idle authenticated IMAP connection at 1,000 and 10,000 connections
+  (RSS summed over the proxy's processes, and PSS, which shares pages fairly);
+* proxy CPU seconds per 1,000 logins (utime+stime of the proxy's process tree,
+  reaped children included, over all the login runs).
+
+The table (each figure, and its ratio to perditionpy's) is printed and written to
+bench/results/<date>.md, with the raw numbers in <date>.json beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench import targets as tg  # noqa: E402
+from bench.procstat import sample_tree  # noqa: E402
+
+LOADGEN = REPO_ROOT / "bench" / "loadgen.py"
+RESULTS = REPO_ROOT / "bench" / "results"
+PROTOCOLS = ("imap", "pop3")
+CONCURRENCIES = (1, 16, 64)
+ORDER = ("backend", "perdition", "nginx", "perditionpy")
+_SETTLE = 1.0        # seconds between opening idle connections and reading memory
+_SLACK = 60.0        # added to every load generator run's own time bound
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """One status line on stderr, rewritten in place on a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        elapsed = int(time.monotonic() - self.started)
+        line = f"[{self.done:3d}/{self.total}] {elapsed // 60:2d}:{elapsed % 60:02d} {text}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Results:
+    """Figures by key, then by target name; notes; raw load generator output."""
+
+    figures: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    raw: list[dict[str, object]] = field(default_factory=list)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # name -> [cpu_s, logins]
+
+    def put(self, key: str, target: str, value: float | None) -> None:
+        self.figures.setdefault(key, {})[target] = value
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+def loadgen_argv(workload: str, target: tg.Target, proto: str, *extra: str) -> list[str]:
+    port = target.imap_port if proto == "imap" else target.pop3_port
+    return [sys.executable, str(LOADGEN), workload, "--proto", proto, "--port", str(port),
+            "--password", tg.PASSWORD, *extra]
+
+
+def run_loadgen(argv: list[str], timeout: float) -> dict[str, object]:
+    done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {argv}\n{done.stderr.decode()}")
+    out: dict[str, object] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return out
+
+
+def measure_logins(target: tg.Target, proto: str, concurrency: int, duration: float,
+                   results: Results) -> dict[str, object]:
+    argv = loadgen_argv("logins", target, proto, "--users", str(tg.BENCH_USERS),
+                        "--concurrency", str(concurrency), "--duration", str(duration))
+    before = sample_tree(target.roots, memory=False)
+    out = run_loadgen(argv, duration + _SLACK)
+    time.sleep(0.2)  # let the last per-connection children exit and be reaped
+    after = sample_tree(target.roots, memory=False)
+    spent = results.cpu.setdefault(target.name, [0.0, 0.0])
+    spent[0] += after.cpu_s - before.cpu_s
+    spent[1] += int(out["logins"])  # type: ignore[call-overload]
+    out["target"] = target.name
+    if out["errors"]:
+        results.note(f"{target.label} {proto} c={concurrency}: {out['errors']} failed "
+                     f"sessions, e.g. {out['error_samples'][:1]}")  # type: ignore[index]
+    return out
+
+
+def measure_relay(target: tg.Target, proto: str, repeat: int) -> dict[str, object]:
+    argv = loadgen_argv("relay", target, proto, "--user-prefix", tg.BIG_USER[:-1],
+                        "--users", "1", "--repeat", str(repeat))
+    out = run_loadgen(argv, _SLACK * 2)
+    out["target"] = target.name
+    return out
+
+
+def _read_line(stream: object, timeout: float) -> str:
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)  # type: ignore[arg-type]
+        if not sel.select(timeout):
+            raise TimeoutError("load generator did not report in time")
+    return stream.readline()  # type: ignore[attr-defined, no-any-return]
+
+
+def measure_idle(target: tg.Target, count: int, setup: float) -> dict[str, object]:
+    """Hold ``count`` authenticated IMAP sessions; the memory they cost the target."""
+    concurrency = 64
+    argv = loadgen_argv("idle", target, "imap", "--users", str(tg.BENCH_USERS),
+                        "--count", str(count), "--concurrency", str(concurrency),
+                        "--setup", str(setup), "--hold", str(setup + _SLACK),
+                        "--io-timeout", "60")
+    before = sample_tree(target.roots)
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            ready = json.loads(_read_line(proc.stdout, setup + _SLACK))
+            time.sleep(_SETTLE)
+            after = sample_tree(target.roots)
+            assert proc.stdin is not None
+            proc.stdin.write("release\n")
+            proc.stdin.flush()
+            final = json.loads(_read_line(proc.stdout, setup + _SLACK))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    held = max(int(ready["ready"]), 1)
+    return {**final, "target": target.name, "count": count,
+            "rss_kib_per_conn": round((after.rss_kib - before.rss_kib) / held, 1),
+            "pss_kib_per_conn": round((after.pss_kib - before.pss_kib) / held, 1),
+            "processes": after.processes, "rss_kib_total": after.rss_kib}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    duration: float
+    warmup: float
+    relay_repeat: int
+    idle: tuple[int, ...]
+    idle_setup: float
+
+
+def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results) -> None:
+    steps = (len(targets) * (len(PROTOCOLS) * (1 + len(CONCURRENCIES) + 1) + len(plan.idle)))
+    progress = Progress(steps)
+    for proto in PROTOCOLS:
+        for target in targets:
+            progress.step(f"warm-up {proto} {target.label}")
+            run_loadgen(loadgen_argv("logins", target, proto, "--users", str(tg.BENCH_USERS),
+                                     "--concurrency", "16", "--duration", str(plan.warmup)),
+                        plan.warmup + _SLACK)
+        for concurrency in CONCURRENCIES:
+            for target in targets:
+                progress.step(f"{proto} logins c={concurrency} {target.label}")
+                record_logins(measure_logins(target, proto, concurrency, plan.duration,
+                                             results), results)
+        for target in targets:
+            progress.step(f"{proto} relay 20 MiB {target.label}")
+            out = measure_relay(target, proto, plan.relay_repeat)
+            results.raw.append(out)
+            results.put(f"relay_{proto}", target.name, out["median_mb_per_s"])  # type: ignore[arg-type]
+    for count in plan.idle:
+        for target in targets:
+            progress.step(f"idle x{count:,} {target.label}")
+            record_idle(target, count, plan.idle_setup, results)
+    progress.finish()
+    for name, (cpu_s, logins) in results.cpu.items():
+        results.put("cpu_per_1000", name, round(cpu_s / logins * 1000, 2) if logins else None)
+
+
+def record_logins(out: dict[str, object], results: Results) -> None:
+    results.raw.append(out)
+    proto, name, concurrency = out["proto"], str(out["target"]), out["concurrency"]
+    results.put(f"logins_{proto}_c{concurrency}", name, out["logins_per_s"])  # type: ignore[arg-type]
+    if concurrency == CONCURRENCIES[-1]:
+        results.put(f"p50_{proto}", name, out["p50_ms"])  # type: ignore[arg-type]
+        results.put(f"p99_{proto}", name, out["p99_ms"])  # type: ignore[arg-type]
+        results.put(f"loadgen_cpu_{proto}", name, out["loadgen_cpu_share"])  # type: ignore[arg-type]
+
+
+def record_idle(target: tg.Target, count: int, setup: float, results: Results) -> None:
+    why_not = target.can_hold(count)
+    if why_not is not None:
+        results.note(f"idle x{count:,} skipped for {why_not}.")
+        results.put(f"rss_idle_{count}", target.name, None)
+        results.put(f"pss_idle_{count}", target.name, None)
+        return
+    try:
+        out = measure_idle(target, count, setup)
+    except (RuntimeError, TimeoutError, ValueError, OSError) as exc:
+        results.note(f"idle x{count:,} {target.label}: {exc}")
+        return
+    results.raw.append(out)
+    if out["ready"] != count:
+        results.note(f"idle x{count:,} {target.label}: held {out['ready']} of {count} "
+                     f"({out['errors']} errors, e.g. {out['error_samples'][:1]})")  # type: ignore[index]
+    results.put(f"rss_idle_{count}", target.name, out["rss_kib_per_conn"])  # type: ignore[arg-type]
+    results.put(f"pss_idle_{count}", target.name, out["pss_kib_per_conn"])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def figure_rows(plan: Plan) -> list[tuple[str, str, str]]:
+    """(key, description, better) in table order."""
+    rows = []
+    for proto in PROTOCOLS:
+        name = proto.upper()
+        rows += [(f"logins_{proto}_c{c}", f"{name} logins/s, concurrency {c}", "higher")
+                 for c in CONCURRENCIES]
+        rows += [(f"p50_{proto}", f"{name} connect→authenticated p50 at 64 (ms)", "lower"),
+                 (f"p99_{proto}", f"{name} connect→authenticated p99 at 64 (ms)", "lower")]
+    rows += [(f"relay_{p}", f"relay MB/s, 20 MiB {p.upper()} fetch (plain)", "higher")
+             for p in PROTOCOLS]
+    for count in plan.idle:
+        rows += [(f"rss_idle_{count}", f"RSS KiB per idle IMAP connection at {count:,}", "lower"),
+                 (f"pss_idle_{count}", f"PSS KiB per idle IMAP connection at {count:,}", "lower")]
+    rows.append(("cpu_per_1000", "CPU s per 1,000 logins (Dovecot: its own)", "lower"))
+    rows += [(f"loadgen_cpu_{p}", f"load generator CPU share, {p.upper()} c=64 (1.0 = a core)",
+              "info") for p in PROTOCOLS]
+    return rows
+
+
+def _cell(value: float | None, reference: float | None, with_ratio: bool) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+    if with_ratio and reference:
+        text += f" ({value / reference:.2f}×)"
+    return text
+
+
+def render_table(targets: Sequence[tg.Target], results: Results, plan: Plan) -> str:
+    head = "| figure | better | " + " | ".join(t.label for t in targets) + " |"
+    lines = [head, "|" + "---|" * (len(targets) + 2)]
+    for key, text, better in figure_rows(plan):
+        row = results.figures.get(key, {})
+        reference = row.get("perditionpy")
+        cells = [_cell(row.get(t.name), reference,
+                       better != "info" and t.name != "perditionpy") for t in targets]
+        lines.append(f"| {text} | {better} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_average() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def render_report(targets: Sequence[tg.Target], results: Results, plan: Plan,
+                  started: datetime.datetime, seconds: float) -> str:
+    versions = "; ".join(f"{t.label}: {t.version}" for t in targets)
+    if os.getloadavg()[1] > (os.cpu_count() or 1) + 1:
+        results.note(f"The machine was busy besides the benchmark (load average "
+                     f"{load_average()} at the end): absolute figures are low and noisy, "
+                     f"ratios within this run still compare like with like.")
+    parts = [
+        f"# perditionpy benchmark, {started:%Y-%m-%d %H:%M}",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}. {versions}.",
+        f"Login runs {plan.duration:g} s each; ratios are each figure ÷ perditionpy's "
+        f"(same run). Whole run: {seconds / 60:.1f} min; load average at the end "
+        f"{load_average()}. Command: `make bench`.",
+        "",
+        render_table(targets, results, plan),
+        "",
+    ]
+    if results.notes:
+        parts += ["Notes:", "", *[f"- {n}" for n in results.notes], ""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def start_targets(stack: contextlib.ExitStack, dovecot: object, log_dir: Path,
+                  wanted: Sequence[str], results: Results) -> list[tg.Target]:
+    starters: dict[str, tuple[Callable[[], bool], Callable[[], object]]] = {
+        "backend": (lambda: True, lambda: tg.backend(dovecot)),  # type: ignore[arg-type]
+        "perdition": (tg.perdition_available, lambda: tg.perdition(dovecot, log_dir)),  # type: ignore[arg-type]
+        "nginx": (tg.nginx_available, lambda: tg.nginx(dovecot, log_dir)),  # type: ignore[arg-type]
+        "perditionpy": (lambda: True, lambda: tg.perditionpy(dovecot, log_dir)),  # type: ignore[arg-type]
+    }
+    started: list[tg.Target] = []
+    for name in ORDER:
+        if name not in wanted:
+            continue
+        available, start = starters[name]
+        if not available():
+            results.note(f"{name} is not installed: left out (scripts/install-deps.sh).")
+            continue
+        started.append(stack.enter_context(start()))  # type: ignore[arg-type]
+    return started
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds per logins measurement (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--relay-repeat", type=int, default=7,
+                        help="20 MiB fetches per relay figure; the median is reported")
+    parser.add_argument("--idle", default="1000,10000",
+                        help="idle connection counts, comma-separated ('' for none)")
+    parser.add_argument("--idle-setup", type=float, default=120.0,
+                        help="longest time to open one idle set (seconds)")
+    parser.add_argument("--targets", default=",".join(ORDER),
+                        help=f"comma-separated subset of {','.join(ORDER)}")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="report path (default bench/results/<date>.md)")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="perditionpy-bench-") as top:
+        yield Path(top)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = Plan(args.duration, args.warmup, args.relay_repeat,
+                tuple(int(n) for n in args.idle.split(",") if n.strip()), args.idle_setup)
+    wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
+    started, clock = datetime.datetime.now(), time.monotonic()
+    results = Results()
+    with workspace() as top, contextlib.ExitStack() as stack:
+        sys.stderr.write("bench: starting Dovecot and the proxies ...\n")
+        dovecot = stack.enter_context(tg.bench_dovecot(top / "dovecot"))
+        targets = start_targets(stack, dovecot, top / "logs", wanted, results)
+        run_all(targets, plan, results)
+        if dovecot.errors():
+            results.note(f"Dovecot logged errors: {dovecot.errors()[:3]}")
+    report = render_report(targets, results, plan, started, time.monotonic() - clock)
+    output = args.output or RESULTS / f"{started:%Y-%m-%d}.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report)
+    output.with_suffix(".json").write_text(json.dumps(
+        {"figures": results.figures, "notes": results.notes, "raw": results.raw}, indent=1))
+    print(report)
+    print(f"written to {output.relative_to(REPO_ROOT) if output.is_relative_to(REPO_ROOT) else output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
