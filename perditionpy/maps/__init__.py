@@ -13,8 +13,12 @@ rest of perditionpy gets a map:
 * ``package.module:attr`` — a factory (or a ``Map`` class) to import.
 * ``/path/to/map.py`` or ``/path/to/map.py:attr`` — a Python file defining a
   factory; ``attr`` defaults to ``map_factory``.
-* ``/path/to/libsomething.so`` — a legacy C map library.  The C-ABI loader is
-  a later piece of work: for now this is a "not implemented yet" error.
+* ``/path/to/libsomething.so`` (any shared object that is not one of
+  perdition's own) — a legacy C map library, through the C-ABI loader
+  (``maps/cabi``), in this process.
+* ``legacy:/path/lib.so`` — the C-ABI loader explicitly, even for perdition's
+  own ``libperditiondb_<kind>.so*``; ``isolated[,timeout=S][,workers=N]:/path``
+  — the same in helper processes, so a crash or a hang costs one lookup.
 
 A factory is called with the ``-m`` string and must return something with
 ``name``, ``get()`` and ``close()`` (``maps.base.Map``); the result is checked
@@ -66,6 +70,8 @@ _PLANNED = frozenset({
 })
 
 _PERDITION_LIBRARY = re.compile(r"libperditiondb_(?P<kind>\w+)\.so(\.[0-9.]*)?")
+# The C-ABI loader asked for by name: legacy:/path.so, isolated[,k=v...]:/path.so
+_LEGACY_FORM = re.compile(r"(legacy|isolated)(,[^:]*)?:.+", re.S)
 _SHARED_OBJECT = re.compile(r".*\.so(\.[0-9.]*)?")
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _SHORT_NAME = re.compile(r"[A-Za-z_][\w-]*")
@@ -107,6 +113,8 @@ def find_factory(library: str) -> MapFactory:
 
 
 def _resolve(library: str) -> MapFactory:
+    if _LEGACY_FORM.fullmatch(library) and not _DOTTED_NAME.fullmatch(library.partition(":")[2]):
+        return _legacy_factory(library)
     basename = os.path.basename(library)
     perdition = _PERDITION_LIBRARY.fullmatch(basename)
     if perdition is not None:
@@ -120,8 +128,7 @@ def _resolve(library: str) -> MapFactory:
     if library.endswith(".py"):
         return _load_file(library, FILE_FACTORY_ATTRIBUTE, library)
     if _SHARED_OBJECT.fullmatch(basename):
-        # A site's own C map: needs the C-ABI loader (a later issue).
-        raise MapNotImplemented(library)
+        return _legacy_factory(library)  # a site's own C map
     if _SHORT_NAME.fullmatch(library):
         return _kind_factory(library, library, c_library=False)
     raise OptionError(_OPTION, library, "not a map name, module:attr, .py file or library")
@@ -140,6 +147,16 @@ def _kind_factory(kind: str, library: str, *, c_library: bool) -> MapFactory:
         raise MapNotImplemented(library)
     known = ", ".join(available_maps())
     raise OptionError(_OPTION, library, f"unknown map (known: {known})")
+
+
+def _legacy_factory(library: str) -> MapFactory:
+    """The C-ABI loader's factory for ``library`` (a path, ``legacy:…``, ``isolated…:…``)."""
+    from perditionpy.maps import cabi
+
+    try:
+        return cabi.factory_for(library)
+    except ValueError as exc:
+        raise OptionError(_OPTION, library, str(exc)) from None
 
 
 def _entry_point(name: str) -> metadata.EntryPoint | None:
