@@ -51,7 +51,7 @@ SSL_MODE_FLAGS: Mapping[str, tuple[str, ...]] = {
     "tls_outgoing_force": ("tls_outgoing", "tls_outgoing_force"),
     "tls_all_force": ("tls_listen", "tls_outgoing", "tls_listen_force", "tls_outgoing_force"),
 }
-_SSL_VERSIONS = ("sslv3", "tlsv1", "tlsv1.1", "tlsv1.2")
+_SSL_VERSIONS = ("sslv3", "tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3")  # tlsv1.3: ours
 
 MANAGESIEVE_CAPABILITY = (
     '"IMPLEMENTATION" "perdition"  "SIEVE" "comparator-i;octet comparator-i;ascii-casemap'
@@ -262,14 +262,14 @@ def _opt(long: str, short: str | None, metavar: str, help: str,
                       default_text=default_text, implemented=implemented)
 
 
-def _ssl_flag(long: str, help: str, bits: int) -> OptionSpec:
-    return _flag(long, None, help, (2, bits), implemented=False, ssl=True)
+def _ssl_flag(long: str, help: str, bits: int, *, implemented: bool = True) -> OptionSpec:
+    return _flag(long, None, help, (2, bits), implemented=implemented, ssl=True)
 
 
 def _ssl_opt(long: str, metavar: str, help: str, convert: Callable[[str], object],
-             default: object, bits: int) -> OptionSpec:
+             default: object, bits: int, *, implemented: bool = True) -> OptionSpec:
     return OptionSpec(long, None, metavar, help, (long,), _one(long, convert), default,
-                      (2, bits), implemented=False, ssl=True)
+                      (2, bits), implemented=implemented, ssl=True)
 
 
 _STATE_HELP = (" STATE is servername_lookup (or server_lookup), local_authentication "
@@ -285,8 +285,8 @@ _MAIN: tuple[OptionSpec, ...] = (
         "(default 1)." + _STATE_HELP,
         ("add_domain", "add_domain_strip_depth"), add_domain, frozenset(), (0, 0x1)),
     _flag("authenticate_in", "a",
-          "Authenticate the user locally through PAM before contacting the real server.",
-          (0, 0x2), implemented=False),
+          "Authenticate the user locally through PAM (service \"perdition\") before "
+          "contacting the real server.", (0, 0x2)),
     _opt("authenticate_timeout", None, "SECONDS",
          "Idle timeout until the client has logged in; 0 waits forever.",
          uint, 1800, (1, 0x10)),
@@ -377,9 +377,8 @@ _MAIN: tuple[OptionSpec, ...] = (
     _opt("protocol", "P", "PROTOCOL",
          "Protocol to serve: " + ", ".join(PROTOCOLS) + ". Without it, from the "
          "program name (perdition.imap4, perdition.imaps, ...), else POP3. "
-         "perditionpy serves POP3 and IMAP4 so far.",
-         protocol, None, (0, 0x01000000), default_text='"POP3"',
-         implemented=lambda value: value in ("POP3", "IMAP4")),
+         "perditionpy serves POP3, POP3S, IMAP4, IMAP4S and MANAGESIEVE.",
+         protocol, None, (0, 0x01000000), default_text='"POP3"'),
     OptionSpec(
         "outgoing_port", "p", "PORT",
         "Port of a real server whose port the map or outgoing_server does not give.",
@@ -419,8 +418,7 @@ _SSL: tuple[OptionSpec, ...] = (
         "Use SSL and/or TLS towards clients and/or real servers. MODE is none, "
         "ssl_listen, ssl_outgoing, ssl_all, tls_listen, tls_outgoing, tls_all, "
         "tls_listen_force, tls_outgoing_force or tls_all_force.",
-        ("ssl_mode",), _one("ssl_mode", ssl_mode), frozenset(), (2, 0x400), ssl=True,
-        implemented=lambda value: value in (frozenset(), frozenset({"none"}))),
+        ("ssl_mode",), _one("ssl_mode", ssl_mode), frozenset(), (2, 0x400), ssl=True),
     _ssl_opt("ssl_ca_chain_file", "FILENAME",
              "Certificate authorities sent along with our certificate, in chain order; "
              "overrides ssl_ca_file and ssl_ca_path.", text_value, "", 0x1),
@@ -431,17 +429,18 @@ _SSL: tuple[OptionSpec, ...] = (
              "Directory of certificate authorities trusted when checking certificates.",
              text_value, f"{_SYSCONFDIR}/perdition.ca/", 0x4),
     _ssl_flag("ssl_ca_accept_self_signed", "Accept self-signed certificate authorities.",
-              0x8),
+              0x8, implemented=False),
     _ssl_opt("ssl_cert_file", "FILENAME", "Our certificate, shown to clients.",
              text_value, f"{_SYSCONFDIR}/perdition.crt.pem", 0x10),
     _ssl_opt("ssl_dh_params_file", "FILENAME",
              "Diffie-Hellman parameters (else looked for in ssl_cert_file).",
              text_value, "", 0x20000),
-    _ssl_flag("ssl_cert_accept_self_signed", "Accept self-signed server certificates.", 0x80),
+    _ssl_flag("ssl_cert_accept_self_signed", "Accept self-signed server certificates.", 0x80,
+              implemented=False),
     _ssl_flag("ssl_cert_accept_expired", "Accept expired certificates.", 0x20),
     _ssl_flag("ssl_cert_accept_not_yet_valid", "Accept certificates not valid yet.", 0x40),
     _ssl_opt("ssl_cert_verify_depth", "DEPTH",
-             "Longest certificate chain accepted.", uint, 9, 0x100),
+             "Longest certificate chain accepted.", uint, 9, 0x100, implemented=False),
     _ssl_opt("ssl_key_file", "FILENAME", "The private key of ssl_cert_file.",
              text_value, f"{_SYSCONFDIR}/perdition.key.pem", 0x200),
     _ssl_opt("ssl_listen_ciphers", "STRING",
@@ -463,10 +462,12 @@ _SSL: tuple[OptionSpec, ...] = (
              "File to read the key's passphrase from (its first line); not together with "
              "ssl_passphrase_fd.", text_value, "", 0x10000),
     _ssl_opt("ssl_listen_min_proto_version", "VERSION",
-             "Oldest protocol accepted from clients: sslv3, tlsv1, tlsv1.1 or tlsv1.2.",
+             "Oldest protocol accepted from clients: sslv3, tlsv1, tlsv1.1, tlsv1.2 or "
+             "tlsv1.3. perditionpy speaks nothing older than tlsv1.2 unless this is given.",
              ssl_version, "tlsv1", 0x40000),
     _ssl_opt("ssl_outgoing_min_proto_version", "VERSION",
-             "Oldest protocol used with real servers: sslv3, tlsv1, tlsv1.1 or tlsv1.2.",
+             "Oldest protocol used with real servers: sslv3, tlsv1, tlsv1.1, tlsv1.2 or "
+             "tlsv1.3. perditionpy speaks nothing older than tlsv1.2 unless this is given.",
              ssl_version, "tlsv1", 0x80000),
     _ssl_opt("ssl_listen_max_proto_version", "VERSION",
              "Newest protocol accepted from clients (\"\": OpenSSL's default).",

@@ -15,6 +15,7 @@ from perditionpy.maps.base import Map
 from perditionpy.options import Options, greeting_checksum
 from perditionpy.resolve import Resolver
 from perditionpy.session import Session, SessionServices
+from perditionpy.tls import contexts as tls_contexts
 
 __all__ = ["App"]
 
@@ -33,6 +34,7 @@ class App:
             checksum=greeting_checksum(options),
             resolver=Resolver(options),
             current_map=self.current_map,
+            tls=tls_contexts(options),  # certificate and key read before privileges drop
         )
 
     def current_map(self) -> Map | None:

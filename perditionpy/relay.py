@@ -3,12 +3,19 @@ the connection idles out.  No parsing, no buffering beyond one read.
 
 This is deliberately a small, replaceable piece: the session calls
 :func:`relay` and gets the byte counts back for its ``Closing session`` line.
+
+Either side may be an ``ssl.SSLSocket``.  Readiness of its file descriptor then
+says little: decrypted bytes may wait inside OpenSSL (``pending()``) while the
+descriptor is quiet, and a readable descriptor may carry only TLS bookkeeping
+(a session ticket) and no data.  So such sockets are read without blocking,
+and their pending bytes are drained before waiting again.
 """
 
 from __future__ import annotations
 
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,13 +55,18 @@ def relay(client: socket.socket, server: socket.socket, *, timeout: float | None
             wait = _wait_time(last, timeout)
             if wait is not None and wait <= 0:
                 return RelayResult(counts[client], counts[server], timed_out=True)
-            ready = sel.select(wait)
+            busy = [sock for sock in (client, server) if _pending(sock)]
+            ready = sel.select(0 if busy else wait)
             if on_tick is not None:
                 on_tick()
-            for key, _ in ready:
-                if not _pump(key.fileobj, peer[key.fileobj], counts):  # type: ignore[index]
+            sources = busy + [key.fileobj for key, _ in ready if key.fileobj not in busy]
+            moved = False
+            for src in sources:
+                outcome = _pump(src, peer[src], counts, timeout)  # type: ignore[index,arg-type]
+                if outcome is False:
                     return RelayResult(counts[client], counts[server], timed_out=False)
-            if ready:
+                moved = moved or bool(outcome)
+            if moved:
                 last = time.monotonic()
 
 
@@ -65,10 +77,18 @@ def _wait_time(last: float, timeout: float | None) -> float | None:
     return min(tick, last + timeout - time.monotonic())
 
 
-def _pump(src: socket.socket, dst: socket.socket, counts: dict[socket.socket, int]) -> bool:
-    """Move one read's worth of bytes; False when the connection is over."""
+def _pending(sock: socket.socket) -> bool:
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def _pump(src: socket.socket, dst: socket.socket, counts: dict[socket.socket, int],
+          timeout: float | None) -> bool | None:
+    """Move one read's worth of bytes: True if some moved, None if there was
+    nothing to move after all (TLS bookkeeping), False when the connection is over."""
     try:
-        data = src.recv(limits.RELAY_BUFFER_SIZE)
+        data = _receive(src, timeout)
+        if data is None:
+            return None
         if not data:
             return False
         dst.sendall(data)
@@ -76,3 +96,15 @@ def _pump(src: socket.socket, dst: socket.socket, counts: dict[socket.socket, in
         return False
     counts[src] += len(data)
     return True
+
+
+def _receive(src: socket.socket, timeout: float | None) -> bytes | None:
+    if not isinstance(src, ssl.SSLSocket):
+        return src.recv(limits.RELAY_BUFFER_SIZE)
+    src.settimeout(0.0)
+    try:
+        return src.recv(limits.RELAY_BUFFER_SIZE)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    finally:
+        src.settimeout(timeout)

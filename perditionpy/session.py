@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from perditionpy import limits
+from perditionpy import limits, pam
 from perditionpy.log import NOTICE
 from perditionpy.maps.base import LookupContext
-from perditionpy.protocol import imap4, pop3
+from perditionpy.protocol import imap4, managesieve, pop3
 from perditionpy.protocol.base import (
     NEED_DATA,
     ClientClosed,
@@ -30,11 +30,14 @@ from perditionpy.protocol.base import (
     LoginResult,
     LoginStatus,
     Send,
+    StartTLS,
     ToBackend,
     ToClient,
 )
 from perditionpy.relay import relay
 from perditionpy.resolve import ConnectTargetError, ResolveError, Route
+from perditionpy.tls import TlsContexts, TlsError, TlsMode
+from perditionpy.tls import close as close_socket
 from perditionpy.usernames import UsernameError
 
 __all__ = ["Session", "SessionServices", "greeting_host"]
@@ -53,6 +56,7 @@ class SessionServices:
     resolver: Any                 # perditionpy.resolve.Resolver
     current_map: Any              # callable returning the current Map or None
     sleep: Any = field(default=time.sleep)
+    tls: TlsContexts | None = None  # perditionpy.tls.contexts(options): None without SSL/TLS
 
 
 def greeting_host(options: Any, local: Address) -> str:
@@ -95,14 +99,21 @@ class Session:
         self._local = local
         self._from_to = _from_to(client, local)
         self._inetd_pid = inetd_pid
+        self._tls = services.tls
+        self._mode = self._tls.mode if self._tls is not None else TlsMode()
+        self._client_secure = "ssl" if self._mode.ssl_listen else "plaintext"
+        self._server_secure = "ssl" if self._mode.ssl_outgoing else "plaintext"
         self._engine = self._make_engine()
         self._resolver = services.resolver.new_session()
         self._tag = b"flim07"  # perdition's back-end tag sequence, per connection
 
     def _make_engine(self) -> Any:
         host = greeting_host(self._opt, self._local)
-        kind = imap4.Imap4FrontEnd if self._opt.protocol.startswith("IMAP") else pop3.Pop3FrontEnd
-        return kind(self._opt, greeting_host=host, checksum=self._s.checksum)
+        kind = (managesieve.ManageSieveFrontEnd if self._opt.protocol == "MANAGESIEVE"
+                else imap4.Imap4FrontEnd if self._opt.protocol.startswith("IMAP")
+                else pop3.Pop3FrontEnd)
+        return kind(self._opt, greeting_host=host, checksum=self._s.checksum,
+                    tls_listen=self._mode.tls_listen, tls_force=self._mode.tls_listen_force)
 
     # -- the journey --------------------------------------------------------
 
@@ -110,6 +121,8 @@ class Session:
         try:
             self._log_connect()
             self._conn.settimeout(self._opt.authenticate_timeout or None)
+            if self._mode.ssl_listen:
+                self._start_client_tls("SSL connection to client")
             self._write(self._engine.greeting())
             backend = self._authenticate()
             if backend is not None:
@@ -121,7 +134,7 @@ class Session:
         except Exception:  # a bug must cost one connection, never the daemon
             log.exception("Fatal error in session%s", self._from_to)
         finally:
-            self._conn.close()
+            close_socket(self._conn)
 
     def _log_connect(self) -> None:
         if self._inetd_pid is not None:
@@ -142,6 +155,9 @@ class Session:
                     return None
             elif isinstance(event, ClientClosed):
                 self._fatal_read_error()
+            elif isinstance(event, StartTLS):
+                self._start_client_tls("TLS connection")
+                self._client_secure = "starttls"
             elif isinstance(event, Credentials):
                 result = self._login(event)
                 if result is not None:
@@ -156,6 +172,16 @@ class Session:
             raise _ClientGone from None
         except OSError:
             return b""
+
+    def _start_client_tls(self, what: str) -> None:
+        """Replace the client socket by its TLS session (the handshake is bounded
+        by --authenticate_timeout); a failure ends the connection."""
+        assert self._tls is not None
+        try:
+            self._conn = self._tls.accept(self._conn, self._opt.authenticate_timeout or None)
+        except TlsError as exc:
+            log.error("Fatal error establishing %s%s: %s", what, self._from_to, exc)
+            raise _ClientGone from None
 
     def _fatal_read_error(self) -> None:
         log.error("Fatal Error reading authentication information from client%s: "
@@ -180,10 +206,13 @@ class Session:
     # -- one login attempt ---------------------------------------------------
 
     def _login(self, cred: Credentials) -> tuple[socket.socket, Credentials, Route] | None:
-        if self._opt.login_disabled:
+        self._server_secure = "ssl" if self._mode.ssl_outgoing else "plaintext"
+        if self._opt.login_disabled or self._tls_required_first():
             return self._fail(cred, None, "Login Disabled", port="(null)")
         try:
-            route = self._resolver.resolve(cred.user, self._s.current_map(), self._context())
+            # The SASL authzid, when the client gave one, is the name perdition maps.
+            route = self._resolver.resolve(cred.authzid or cred.user, self._s.current_map(),
+                                           self._context())
         except ResolveError as exc:
             return self._fail(cred, None, exc.client_text)
         except ConnectTargetError as exc:
@@ -192,10 +221,34 @@ class Session:
             log.error('Fatal error manipulating username for client "%s": %s',
                       self._client[0] if self._client else "", exc)
             raise _ClientGone from None
+        if self._opt.authenticate_in and not self._local_auth(cred, route):
+            return None
         backend = self._connect(route)
         if backend is None:
             return self._fail(cred, route, "Could not connect to server")
         return self._backend_login(cred, route, backend)
+
+    def _local_auth(self, cred: Credentials, route: Route) -> bool:
+        """``-a``: PAM must accept the client before the back-end is contacted."""
+        try:
+            text = pam.failure_text(self._opt.protocol)
+            user = self._resolver.local_auth_user(route.authorisation_id, self._context())
+            result = pam.authenticate(user, cred.password, rhost=pam.rhost(self._client))
+        except (pam.PamError, UsernameError) as exc:
+            log.error("Fatal error authenticating to client locally%s: %s. Exiting child.",
+                      self._from_to, exc)
+            raise _ClientGone from None
+        if result.ok:
+            return True
+        self._s.sleep(limits.AUTH_FAIL_DELAY)
+        self._write(self._engine.reply_failure(text))
+        log.info("Local authentication failure for client: Allowing retry.")
+        self._log_auth(cred, route, "failed: local authentication failure")
+        return False
+
+    def _tls_required_first(self) -> bool:
+        """tls_listen_force: no login before STARTTLS/STLS."""
+        return self._mode.tls_listen_force and self._client_secure == "plaintext"
 
     def _context(self) -> LookupContext:
         return LookupContext(client=self._client, local=self._local,
@@ -211,16 +264,36 @@ class Session:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._opt.tcp_keepalive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if self._mode.ssl_outgoing:
+            try:
+                return self._server_tls(sock, route, "SSL")
+            except TlsError:
+                return None
         return sock
+
+    def _server_tls(self, sock: socket.socket, route: Route, what: str) -> socket.socket:
+        """Our TLS session with the back-end, its certificate checked; a failure
+        is logged with its reason and closes ``sock``."""
+        assert self._tls is not None
+        try:
+            return self._tls.connect(sock, route.server, self._opt.authenticate_timeout or None)
+        except TlsError as exc:
+            log.error("Error establishing %s connection to server %s:%s%s: %s",
+                      what, route.server, route.port, self._from_to, exc)
+            raise
 
     def _backend_login(self, cred: Credentials, route: Route, sock: socket.socket
                        ) -> tuple[socket.socket, Credentials, Route] | None:
-        login = self._make_backend_login(route.login_user, cred.password)
+        login = self._make_backend_login(route.login_user, cred.password, cred=cred)
+        holder = [sock]  # _drive swaps in the TLS socket after STARTTLS/STLS
         try:
-            result = self._drive(login, sock)
+            result = self._drive(login, holder, route)
+        except TlsError:
+            return self._fail(cred, route, "Could not connect to server")
         except (OSError, _BackendFailed) as exc:
-            sock.close()
+            holder[0].close()
             raise _BackendFailed(str(exc) or type(exc).__name__) from None
+        sock = holder[0]
         if result.status is LoginStatus.OK:
             self._succeed(cred, route, result)
             if result.trailing:
@@ -231,21 +304,33 @@ class Session:
             return sock, cred, route
         return self._backend_refused(cred, route, sock, login, result)
 
-    def _make_backend_login(self, user: str, password: str) -> Any:
+    def _make_backend_login(self, user: str, password: str, *, cred: Credentials) -> Any:
         ours = self._engine.greeting_line
+        tls = {"starttls": self._mode.tls_outgoing, "require_tls": self._mode.tls_outgoing_force}
+        if self._opt.protocol == "MANAGESIEVE":
+            # perdition puts the mapped name in place of the client's authzid
+            # when it gave one, and passes its authentication id on unchanged.
+            authzid, authcid = (user, cred.user) if cred.authzid is not None else (None, user)
+            return managesieve.ManageSieveBackendLogin(authcid, password, our_greeting=ours,
+                                                       authzid=authzid, **tls)
         if self._opt.protocol.startswith("IMAP"):
-            return imap4.Imap4BackendLogin(user, password, our_greeting=ours, tag=self._tag)
-        return pop3.Pop3BackendLogin(user, password, our_greeting=ours)
+            return imap4.Imap4BackendLogin(user, password, our_greeting=ours, tag=self._tag,
+                                           **tls)
+        return pop3.Pop3BackendLogin(user, password, our_greeting=ours, **tls)
 
-    def _drive(self, login: Any, sock: socket.socket) -> LoginResult:
+    def _drive(self, login: Any, holder: list[socket.socket], route: Route) -> LoginResult:
         while True:
             event = login.next_event()
+            sock = holder[0]
             if event is NEED_DATA:
                 login.receive_data(sock.recv(limits.MAX_LINE_LENGTH))
             elif isinstance(event, ToBackend):
                 sock.sendall(event.data)
             elif isinstance(event, ToClient):
                 self._write(event.data)
+            elif isinstance(event, StartTLS):
+                holder[0] = self._server_tls(sock, route, "TLS")
+                self._server_secure = "starttls"
             elif event.status is LoginStatus.PROTOCOL_ERROR:
                 raise _BackendFailed(f"unexpected reply from the server: {event.server_line!r}")
             else:
@@ -256,9 +341,14 @@ class Session:
         self._quit(sock, login)
         if result.status is LoginStatus.LOOP:
             return self._fail(cred, route, "Connection Negotiation Failure")
+        if result.status is LoginStatus.TLS_NOT_PRESENT:
+            return self._fail(cred, route, "TLS not present")
         if result.status is LoginStatus.LOGIN_DISABLED:
             self._s.sleep(limits.AUTH_FAIL_DELAY)  # perdition sleeps twice here
             return self._fail(cred, route, "Login Disabled")
+        if result.status is LoginStatus.MECHANISM_UNAVAILABLE:
+            self._s.sleep(limits.AUTH_FAIL_DELAY)  # perdition sleeps twice here too
+            return self._fail(cred, route, "SASL mechanism unavailable")
         if self._opt.server_resp_line:
             self._s.sleep(limits.AUTH_FAIL_DELAY)
             self._write(self._engine.reply_raw(result.server_line))
@@ -300,14 +390,15 @@ class Session:
                    port: str | None = None) -> str:
         # Without a route perdition prints "(null)" for the server and its
         # default port text (or "(null)" when it never got that far).
-        user = route.authorisation_id if route is not None else cred.user
+        authorisation_id, user = _ids(cred, route)
         server = route.server if route is not None else "(null)"
         if port is None:
             port = route.port_text if route is not None else self._opt.outgoing_port_text
-        return (f'Auth:{self._from_to} client-secure=plaintext authorisation_id=NONE '
+        return (f'Auth:{self._from_to} client-secure={self._client_secure} '
+                f'authorisation_id={authorisation_id} '
                 f'authentication_id="{user}"{self._password_part(cred, status)} '
                 f'server="{server}:{port}" protocol={self._opt.protocol} '
-                f'server-secure=plaintext status="{status}"')
+                f'server-secure={self._server_secure} status="{status}"')
 
     def _password_part(self, cred: Credentials, status: str) -> str:
         states = self._opt.log_passwd
@@ -323,12 +414,23 @@ class Session:
     # -- after login -------------------------------------------------------
 
     def _relay(self, backend: socket.socket, cred: Credentials, route: Route) -> None:
-        user = route.authorisation_id
+        authorisation_id, user = _ids(cred, route)
         try:
             result = relay(self._conn, backend, timeout=self._opt.timeout or None)
         finally:
-            backend.close()
+            close_socket(backend)
         if result.timed_out:
             log.info("Timeout piping data.")
-        log.info('Closing session:%s authorisation_id=NONE authentication_id="%s" '
-                 'received=%d sent=%d', self._from_to, user, result.received, result.sent)
+        log.info('Closing session:%s authorisation_id=%s authentication_id="%s" '
+                 'received=%d sent=%d', self._from_to, authorisation_id, user,
+                 result.received, result.sent)
+
+
+def _ids(cred: Credentials, route: Route | None) -> tuple[str, str]:
+    """perdition's ``authorisation_id=`` value (``NONE`` or quoted) and
+    ``authentication_id``: the name carried on (mapped, ``-U``) takes the
+    place of the SASL authzid if the client gave one, else of the login name."""
+    name = route.authorisation_id if route is not None else (cred.authzid or cred.user)
+    if cred.authzid is None:
+        return "NONE", name
+    return f'"{name}"', cred.user

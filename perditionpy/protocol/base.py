@@ -90,7 +90,9 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class StartTLS:
-    """The client asked for STARTTLS/STLS and was told to go ahead."""
+    """Time for a TLS handshake.  From a front-end engine: the client asked for
+    STARTTLS/STLS and was told to go ahead.  From a back-end engine: the server
+    accepted our STARTTLS/STLS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,9 @@ class LoginStatus(Enum):
     REJECTED = "rejected"            # bad credentials: "Re-Authentication Failure"
     LOOP = "loop"                    # back-end greeting is ours: "Connection Negotiation Failure"
     LOGIN_DISABLED = "login_disabled"  # back-end advertises LOGINDISABLED: "Login Disabled"
+    # ManageSieve back-end without SASL PLAIN: "SASL mechanism unavailable"
+    MECHANISM_UNAVAILABLE = "mechanism_unavailable"
+    TLS_NOT_PRESENT = "tls_not_present"  # tls_outgoing_force, no STARTTLS: "TLS not present"
     PROTOCOL_ERROR = "protocol_error"  # garbage or EOF from the back-end
 
 

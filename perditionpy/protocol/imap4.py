@@ -1,12 +1,13 @@
 """IMAP4 as perdition 2.2 speaks it, sans-I/O.
 
 * :class:`Imap4FrontEnd` — the client side before authentication: greeting,
-  CAPABILITY, NOOP, LOGOUT, AUTHENTICATE (refused), STARTTLS (refused until TLS
-  exists), LOGIN with atoms, quoted strings and literals ({n} and {n+}).
+  CAPABILITY, NOOP, LOGOUT, AUTHENTICATE (refused), STARTTLS (under
+  ``tls_listen``), LOGIN with atoms, quoted strings and literals ({n} and {n+}).
 * :class:`Imap4BackendLogin` — logging in to the real server for the client:
-  greeting (loop detection), CAPABILITY (LOGINDISABLED check), then
-  ``LOGIN {n}`` user ``{m}`` password as synchronising literals, as perdition
-  does, so any byte in a name or password reaches the server intact.
+  greeting (loop detection), under ``tls_outgoing`` CAPABILITY and STARTTLS,
+  CAPABILITY (LOGINDISABLED check), then ``LOGIN {n}`` user ``{m}`` password as
+  synchronising literals, as perdition does, so any byte in a name or password
+  reaches the server intact.
 
 Reply texts are perdition's, byte for byte; see tests/unit/test_imap4_*.py.
 """
@@ -25,6 +26,7 @@ from perditionpy.protocol.base import (
     LoginStatus,
     NeedData,
     Send,
+    StartTLS,
     ToBackend,
     ToClient,
     decode_name,
@@ -44,19 +46,35 @@ class Imap4Options(Protocol):
     login_disabled: bool
 
 
-def capability(options: Imap4Options) -> str:
-    """The capability list we advertise (perdition adds LOGINDISABLED to it
-    under --login_disabled; STARTTLS handling arrives with TLS)."""
+def capability(options: Imap4Options, *, tls_listen: bool = False, tls_force: bool = False,
+               tls_active: bool = False) -> str:
+    """The capability list we advertise, as perdition rewrites ``--imap_capability``.
+
+    STARTTLS is listed while it can be used (``tls_listen`` and TLS not yet
+    active; a configured STARTTLS keeps its place, a missing one goes last) and
+    removed otherwise.  LOGINDISABLED is added under ``--login_disabled``, and
+    under ``tls_listen_force`` (``tls_force``) until TLS is active.
+    """
     words = options.imap_capability.split()
-    words = [w for w in words if w.upper() != "STARTTLS"]
-    if options.login_disabled and "LOGINDISABLED" not in (w.upper() for w in words):
-        words.append("LOGINDISABLED")
+    upper = [w.upper() for w in words]
+    if tls_listen and not tls_active:
+        if "STARTTLS" not in upper:
+            words.append("STARTTLS")
+    else:
+        words = [w for w in words if w.upper() != "STARTTLS"]
+    if options.login_disabled or (tls_force and not tls_active):
+        if "LOGINDISABLED" not in upper:
+            words.append("LOGINDISABLED")
+    elif tls_force:
+        words = [w for w in words if w.upper() != "LOGINDISABLED"]
     return " ".join(words)
 
 
-def greeting_text(options: Imap4Options, host: str, checksum: int) -> str:
+def greeting_text(options: Imap4Options, host: str, checksum: int, *,
+                  tls_listen: bool = False, tls_force: bool = False) -> str:
     """What follows ``* OK `` in our greeting; also what loop detection compares."""
-    return f"[CAPABILITY {capability(options)}] {GREETING} {host} {checksum:08x}"
+    words = capability(options, tls_listen=tls_listen, tls_force=tls_force)
+    return f"[CAPABILITY {words}] {GREETING} {host} {checksum:08x}"
 
 
 def _line(tag: bytes | None, *words: str | bytes) -> bytes:
@@ -72,14 +90,28 @@ class _State(enum.Enum):
 
 
 class Imap4FrontEnd:
-    """The client conversation up to a successful login."""
+    """The client conversation up to a successful login.
 
-    def __init__(self, options: Imap4Options, *, greeting_host: str, checksum: int) -> None:
+    ``tls_listen`` (``--ssl_mode tls_listen``): STARTTLS is offered and accepted
+    once; the engine then emits :class:`StartTLS` and drops whatever the client
+    pipelined after the command (it arrived in plain text: STARTTLS command
+    injection).  ``tls_force`` (``tls_listen_force``): LOGINDISABLED is
+    announced until TLS is active; refusing the login itself is the session's
+    business.
+    """
+
+    def __init__(self, options: Imap4Options, *, greeting_host: str, checksum: int,
+                 tls_listen: bool = False, tls_force: bool = False) -> None:
         self._options = options
-        self._greeting = greeting_text(options, greeting_host, checksum)
+        self._greeting = greeting_text(options, greeting_host, checksum,
+                                       tls_listen=tls_listen, tls_force=tls_force)
         self._reader = syntax.CommandReader()
         self._state = _State.COMMANDS
         self._tag: bytes | None = None
+        self._tls_listen = tls_listen
+        self._tls_force = tls_force
+        self._tls_active = False
+        self._starttls_pending = False
 
     # -- output the session asks for ------------------------------------
 
@@ -115,7 +147,10 @@ class Imap4FrontEnd:
     def receive_data(self, data: bytes) -> None:
         self._reader.feed(data)
 
-    def next_event(self) -> Send | Credentials | ClientClosed | NeedData:
+    def next_event(self) -> Send | Credentials | StartTLS | ClientClosed | NeedData:
+        if self._starttls_pending:
+            self._starttls_pending = False
+            return StartTLS()
         if self._state is _State.CLOSED:
             return ClientClosed()
         if self._state is _State.WAITING:
@@ -171,7 +206,7 @@ class Imap4FrontEnd:
 
     def _capability(self, cmd: syntax.Command) -> Send:
         return self._no_args(cmd) or Send(
-            _line(None, "CAPABILITY", capability(self._options))
+            _line(None, "CAPABILITY", self._capability_words())
             + _line(cmd.tag, "OK", "CAPABILITY"))
 
     def _logout(self, cmd: syntax.Command) -> Send:
@@ -187,8 +222,22 @@ class Imap4FrontEnd:
             return self._bad(cmd.tag, "Mate, try AUTHENTICATE <mechanism>")
         return Send(_line(cmd.tag, "NO", "AUTHENTICATE mechanism not supported, mate"))
 
+    def _capability_words(self) -> str:
+        return capability(self._options, tls_listen=self._tls_listen,
+                          tls_force=self._tls_force, tls_active=self._tls_active)
+
     def _starttls(self, cmd: syntax.Command) -> Send:
-        return self._no_args(cmd) or self._bad(cmd.tag, "STARTTLS disabled, mate")
+        refused = self._no_args(cmd)
+        if refused:
+            return refused
+        if not self._tls_listen:
+            return self._bad(cmd.tag, "STARTTLS disabled, mate")
+        if self._tls_active:
+            return self._bad(cmd.tag, "SSL already active, mate")
+        self._tls_active = True
+        self._reader.take_remaining()  # plain-text bytes must not count as encrypted
+        self._starttls_pending = True
+        return Send(_line(cmd.tag, "OK", "Begin TLS negotiation now"))
 
     def _login(self, cmd: syntax.Command) -> Send | Credentials:
         if len(cmd.args) != 2:
@@ -239,6 +288,8 @@ def next_tag(tag: bytes) -> bytes:
 
 class _Step(enum.Enum):
     GREETING = "greeting"
+    TLS_CAPABILITY = "tls_capability"  # tls_outgoing: does the server offer STARTTLS?
+    STARTTLS = "starttls"        # sent STARTTLS; waiting for the tagged reply
     CAPABILITY = "capability"
     LOGIN = "login"              # sent LOGIN {n}; waiting for "+"
     USER = "user"                # sent user {m}; waiting for "+"
@@ -247,10 +298,18 @@ class _Step(enum.Enum):
 
 
 class Imap4BackendLogin:
-    """Logs in to the real server: one instance per attempt."""
+    """Logs in to the real server: one instance per attempt.
+
+    ``starttls`` (``tls_outgoing``): after the greeting, ask for CAPABILITY and,
+    if STARTTLS is listed, send it; on its OK the engine emits
+    :class:`StartTLS` (the session then runs the handshake) and carries on with
+    CAPABILITY and LOGIN.  ``require_tls`` (``tls_outgoing_force``): a server
+    without STARTTLS ends the attempt as ``LoginStatus.TLS_NOT_PRESENT``.
+    """
 
     def __init__(self, user: str, password: str, *, our_greeting: bytes,
-                 tag: bytes = _TAG_START) -> None:
+                 tag: bytes = _TAG_START, starttls: bool = False,
+                 require_tls: bool = False) -> None:
         self._user = user.encode("utf-8", "surrogateescape")
         self._password = password.encode("utf-8", "surrogateescape")
         self._our_greeting = our_greeting
@@ -260,7 +319,10 @@ class Imap4BackendLogin:
         self._step = _Step.GREETING
         self._logindisabled = False
         self._capability_read = False
-        self._outbox: list[ToBackend | ToClient | LoginResult] = []
+        self._starttls = starttls
+        self._require_tls = require_tls
+        self._offers_starttls = False
+        self._outbox: list[ToBackend | ToClient | StartTLS | LoginResult] = []
 
     def receive_data(self, data: bytes) -> None:
         if data:
@@ -272,7 +334,7 @@ class Imap4BackendLogin:
         """The LOGOUT perdition sends after a failed login."""
         return self.tag + b" LOGOUT" + CRLF
 
-    def next_event(self) -> ToBackend | ToClient | LoginResult | NeedData:
+    def next_event(self) -> ToBackend | ToClient | StartTLS | LoginResult | NeedData:
         while not self._outbox:
             if self._step is _Step.DONE:
                 return NEED_DATA
@@ -325,15 +387,22 @@ class Imap4BackendLogin:
         elif line[5:] == self._our_greeting:
             self._finish(LoginStatus.LOOP, line)
         else:
-            self._step = _Step.CAPABILITY
-            self._send(self.tag + b" CAPABILITY" + CRLF)
+            self._capability(_Step.TLS_CAPABILITY if self._starttls else _Step.CAPABILITY)
+
+    def _capability(self, step: _Step) -> None:
+        self._step = step
+        self._capability_read = False
+        self._send(self.tag + b" CAPABILITY" + CRLF)
 
     def _untagged(self, line: bytes, raw: bytes) -> None:
         words = line.split()
         is_capability = len(words) > 1 and words[1].upper() == b"CAPABILITY"
-        if is_capability and self._step is _Step.CAPABILITY and not self._capability_read:
+        asking = self._step in (_Step.CAPABILITY, _Step.TLS_CAPABILITY)
+        if is_capability and asking and not self._capability_read:
             self._capability_read = True
-            self._logindisabled = b"LOGINDISABLED" in (w.upper() for w in words[2:])
+            names = [w.upper() for w in words[2:]]
+            self._logindisabled = b"LOGINDISABLED" in names
+            self._offers_starttls = b"STARTTLS" in names
             return
         # perdition consumes only the reply to its own CAPABILITY; it passes every
         # other untagged line on to the client (e.g. the capabilities Dovecot
@@ -344,6 +413,12 @@ class Imap4BackendLogin:
         ok = rest.split(b" ", 1)[0].upper() == b"OK"
         if self._step is _Step.CAPABILITY:
             self._after_capability(ok, rest)
+        elif self._step is _Step.TLS_CAPABILITY:
+            self.tag = next_tag(self.tag)
+            self._after_tls_capability(rest)
+        elif self._step is _Step.STARTTLS:
+            self.tag = next_tag(self.tag)
+            self._after_starttls(ok, rest)
         else:
             # Either the reply to the password, or the server refused LOGIN
             # before taking the literals; the next command gets a fresh tag.
@@ -360,6 +435,28 @@ class Imap4BackendLogin:
         else:
             self._step = _Step.LOGIN
             self._send(self.tag + b" LOGIN " + syntax_literal(self._user))
+
+    def _after_tls_capability(self, rest: bytes) -> None:
+        if self._offers_starttls:
+            self._step = _Step.STARTTLS
+            self._send(self.tag + b" STARTTLS" + CRLF)
+        elif self._require_tls:
+            self._finish(LoginStatus.TLS_NOT_PRESENT, rest)
+        else:  # perdition carries on in plain text, asking for CAPABILITY again
+            self._capability(_Step.CAPABILITY)
+
+    def _after_starttls(self, ok: bool, rest: bytes) -> None:
+        if not ok:
+            if self._require_tls:
+                self._finish(LoginStatus.TLS_NOT_PRESENT, rest)
+            else:
+                self._capability(_Step.CAPABILITY)
+            return
+        # Anything after the OK came in plain text: a man in the middle's
+        # injection, never the answer to a command we send over TLS.
+        self._buf.clear()
+        self._outbox.append(StartTLS())
+        self._capability(_Step.CAPABILITY)
 
     def _continuation(self) -> None:
         if self._step is _Step.LOGIN:

@@ -4,7 +4,8 @@
   CAPA, USER, PASS, QUIT, STLS (only when the session enables it) and
   perdition's answers to everything else, byte for byte.
 * :class:`Pop3BackendLogin` — logging in to the real server for the client:
-  the greeting (loop detection), then ``USER`` and ``PASS``.
+  the greeting (loop detection), under ``tls_outgoing`` CAPA and STLS, then
+  ``USER`` and ``PASS``.
 
 Lines end at LF; one CR before it is dropped.  Reply texts and which replies
 come after perdition's 3-second pause (``Send.delay``) were recorded from the
@@ -175,7 +176,9 @@ class Pop3FrontEnd:
     """
 
     def __init__(self, options: Pop3Options, *, greeting_host: str, checksum: int,
-                 tls_listen: bool = False) -> None:
+                 tls_listen: bool = False, tls_force: bool = False) -> None:
+        # tls_force (tls_listen_force) changes nothing POP3 shows: the session
+        # refuses PASS before STLS.
         self._capability = options.pop_capability
         self._greeting = greeting_text(greeting_host, checksum)
         self._reader = _LineReader(limits.MAX_LINE_LENGTH)
@@ -323,6 +326,9 @@ _COMMANDS = {
 
 class _Step(enum.Enum):
     GREETING = "greeting"
+    CAPA = "capa"          # tls_outgoing: sent CAPA; waiting for +OK
+    CAPA_LIST = "capa_list"  # reading the capability lines up to "."
+    STLS = "stls"          # sent STLS; waiting for +OK
     USER = "user"          # sent USER; waiting for +OK
     PASS = "pass"          # sent PASS; waiting for the final reply
     DONE = "done"
@@ -345,9 +351,16 @@ class Pop3BackendLogin:
     ``our_greeting`` is :attr:`Pop3FrontEnd.greeting_line` (the whole greeting
     line is accepted too).  A user name or password containing CR, LF or NUL
     would inject a command: the constructor refuses it with ``ValueError``.
+
+    ``starttls`` (``tls_outgoing``): after the greeting send CAPA and, if STLS
+    is listed, STLS; on its +OK the engine emits :class:`StartTLS` (the session
+    runs the handshake) and goes on with USER.  ``require_tls``
+    (``tls_outgoing_force``): a server without STLS ends the attempt as
+    ``LoginStatus.TLS_NOT_PRESENT``.
     """
 
-    def __init__(self, user: str, password: str, *, our_greeting: bytes) -> None:
+    def __init__(self, user: str, password: str, *, our_greeting: bytes,
+                 starttls: bool = False, require_tls: bool = False) -> None:
         self._user = encode_name(user)
         self._password = encode_name(password)
         if any(c in value for value in (self._user, self._password) for c in b"\r\n\x00"):
@@ -355,7 +368,10 @@ class Pop3BackendLogin:
         self._ours = _our_text(our_greeting)
         self._reader = _LineReader(limits.MAX_BACKEND_LINE)
         self._step = _Step.GREETING
-        self._outbox: deque[ToBackend | LoginResult] = deque()
+        self._starttls = starttls
+        self._require_tls = require_tls
+        self._offers_stls = False
+        self._outbox: deque[ToBackend | StartTLS | LoginResult] = deque()
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the back-end; ``b""`` at end of input."""
@@ -365,7 +381,7 @@ class Pop3BackendLogin:
         """What perdition sends after a failed login (it then reads one reply line)."""
         return b"QUIT" + CRLF
 
-    def next_event(self) -> ToBackend | LoginResult | NeedData:
+    def next_event(self) -> ToBackend | StartTLS | LoginResult | NeedData:
         while not self._outbox:
             if self._step is _Step.DONE:
                 return NEED_DATA
@@ -383,6 +399,10 @@ class Pop3BackendLogin:
     def _handle(self, line: bytes) -> None:
         if self._step is _Step.GREETING:
             self._greeting(line)
+        elif self._step is _Step.CAPA_LIST:
+            self._capa_line(line)
+        elif self._step in (_Step.CAPA, _Step.STLS):
+            self._tls_reply(line)
         elif not _is_ok(line):
             # perdition treats any answer but +OK as a refusal, garbage included.
             self._finish(LoginStatus.REJECTED, line)
@@ -400,7 +420,39 @@ class Pop3BackendLogin:
         # perdition flushes its input buffer here: lines that came with the
         # greeting are never taken for the answer to USER.
         self._reader.take_rest()
+        if self._starttls:
+            self._send(_Step.CAPA, b"CAPA" + CRLF)
+        else:
+            self._send_user()
+
+    def _send_user(self) -> None:
         self._send(_Step.USER, b"USER " + self._user + CRLF)
+
+    def _capa_line(self, line: bytes) -> None:
+        if line == b".":
+            self._stls_or_not()
+        elif line.split(b" ", 1)[0].upper() == b"STLS":
+            self._offers_stls = True
+
+    def _stls_or_not(self, refusal: bytes = b"") -> None:
+        if self._offers_stls and self._step is _Step.CAPA_LIST:
+            self._send(_Step.STLS, b"STLS" + CRLF)
+        elif self._require_tls:
+            self._finish(LoginStatus.TLS_NOT_PRESENT, refusal)
+        else:  # perdition goes on without TLS
+            self._send_user()
+
+    def _tls_reply(self, line: bytes) -> None:
+        if not _is_ok(line):  # CAPA or STLS refused
+            self._stls_or_not(line)
+        elif self._step is _Step.CAPA:
+            self._step = _Step.CAPA_LIST
+        else:
+            # Anything after +OK came in plain text: an injection, never the
+            # answer to a command we send over TLS.
+            self._reader.take_rest()
+            self._outbox.append(StartTLS())
+            self._send_user()
 
     def _send(self, step: _Step, data: bytes) -> None:
         self._step = step

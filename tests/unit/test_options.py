@@ -125,11 +125,9 @@ def test_protocol_from_program_name(prog: str, protocol: str) -> None:
     assert parse([], prog, sysconfdir="/nonexistent").protocol == protocol
 
 
-@pytest.mark.parametrize("prog", ["perdition.imaps", "perdition.pop3s", "perdition.managesieve"])
-def test_unimplemented_protocols_fail_loudly(prog: str) -> None:
-    with pytest.raises(NotImplementedOption) as info:
-        opts(prog=prog)
-    assert str(info.value) == "--protocol: not implemented yet"
+def test_managesieve_is_served() -> None:
+    o = opts(prog="perdition.managesieve")
+    assert (o.protocol, o.listen_port) == ("MANAGESIEVE", 4190)
 
 
 def test_dash_p_overrides_program_name_in_any_case() -> None:
@@ -278,11 +276,9 @@ def test_explicit_lists_what_was_given() -> None:
 # ---------------------------------------------------------------- not implemented
 
 @pytest.mark.parametrize(("argv", "name"), [
-    (["--ssl_mode", "tls_all"], "ssl_mode"), (["--ssl_cert_file", "/x.pem"], "ssl_cert_file"),
-    (["--ssl_no_cn_verify"], "ssl_no_cn_verify"),
     (["--ssl_cert_verify_depth", "3"], "ssl_cert_verify_depth"),
-    (["--ssl_listen_max_proto_version", "tlsv1.2"], "ssl_listen_max_proto_version"),
-    (["-a"], "authenticate_in"), (["--authenticate_in"], "authenticate_in"),
+    (["--ssl_cert_accept_self_signed"], "ssl_cert_accept_self_signed"),
+    (["--ssl_ca_accept_self_signed"], "ssl_ca_accept_self_signed"),
 ])
 def test_unimplemented_options_fail_loudly(argv: list[str], name: str) -> None:
     with pytest.raises(NotImplementedOption) as info:
@@ -376,7 +372,7 @@ def test_bad_file_line_names_option_file_and_line(tmp_path: Path, text: str, opt
 
 def test_unimplemented_option_in_file(tmp_path: Path) -> None:
     conf = tmp_path / "p.conf"
-    conf.write_text("ssl_mode ssl_all\n")
+    conf.write_text("ssl_cert_verify_depth 3\n")
     with pytest.raises(NotImplementedOption):
         opts("-f", str(conf))
 
