@@ -7,7 +7,7 @@ out="$here/build"
 cc=${CC:-gcc}
 cflags=${CFLAGS:--O2 -Wall -Wextra -Werror}
 mkdir -p "$out"
-for name in shim failover byaddr segv hang needs_symbol; do
+for name in shim failover byaddr auth_http segv hang needs_symbol; do
     source="$here/$name.c"
     case $name in
         shim) target="$out/libperditionpy_shim.so" ;;
