@@ -12,15 +12,24 @@ Owns two things:
   terminator) and the value parsed as ``[user@]server[:port]``.
 
 libnsl keeps one table of bound servers and RPC clients for the whole process
-and does not lock it, so every ``yp_*`` call made here holds one process-wide
-lock.  A lookup therefore waits for the one before it, and a NIS server that
-does not answer holds up every lookup until libnsl's own RPC timeouts expire.
+and does not lock it, so every ``yp_*`` call made here is made by one
+process-wide worker thread (:class:`_YpWorker`) holding one process-wide lock.
+libnsl offers no way to shorten its RPC timeouts (tens of seconds against a
+server that accepts requests but never answers), so a lookup waits for the
+worker at most ``timeout`` seconds (:data:`DEFAULT_TIMEOUT`) and then fails
+with ``MapError``; the stuck call finishes in the background, and until it
+does further lookups fail at once instead of queueing behind it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from perditionpy.endpoints import UserServerPort, parse_user_server_port
 from perditionpy.errors import MapError, PerditionError
@@ -29,7 +38,7 @@ from perditionpy.maps._nis_ffi import NisBinding
 from perditionpy.maps.base import LookupContext
 from perditionpy.protocol.base import decode_name, encode_name
 
-__all__ = ["DEFAULT_MAP", "NisClient", "NisError", "NisMap", "open_nis_map"]
+__all__ = ["DEFAULT_MAP", "DEFAULT_TIMEOUT", "NisClient", "NisError", "NisMap", "open_nis_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +49,11 @@ DEFAULT_MAP = "user_mail_server"
 # whichever FFI reaches it, so the lock must be process-wide too.
 _YP_LOCK = threading.Lock()
 
+# How long a lookup waits for NIS before failing over to --outgoing_server.
+DEFAULT_TIMEOUT = 5.0
+
+_T = TypeVar("_T")
+
 
 class NisError(PerditionError):
     """A ``yp_*`` call failed; ``code`` is its YPERR_* value."""
@@ -47,6 +61,68 @@ class NisError(PerditionError):
     def __init__(self, message: str, code: int) -> None:
         self.code = code
         super().__init__(message)
+
+
+class _NisTimeout(PerditionError):
+    """The worker did not finish within the caller's bound (or is still stuck)."""
+
+
+class _YpWorker:
+    """The one thread that makes ``yp_*`` calls, so that a caller can stop waiting.
+
+    Started on first use, and again in a forked child (threads do not survive
+    ``fork``).  A daemon thread: a call stuck in libnsl never delays exit.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] | None = None
+        self._pid = 0
+        self._stuck: Future[Any] | None = None
+
+    def call(self, function: Callable[[], _T], timeout: float) -> _T:
+        """``function()`` on the worker; ``_NisTimeout`` after ``timeout`` seconds."""
+        future: Future[_T] = Future()
+        self._submit(future, function)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if not future.cancel():  # running, not merely queued: libnsl is stuck
+                with self._guard:
+                    self._stuck = future
+            raise _NisTimeout(
+                f"no answer from NIS within {timeout:g}s (libnsl keeps waiting in the background)"
+            ) from None
+
+    def _submit(self, future: Future[_T], function: Callable[[], _T]) -> None:
+        with self._guard:
+            if self._stuck is not None and not self._stuck.done():
+                raise _NisTimeout("an earlier lookup is still waiting for NIS")
+            if self._jobs is None or self._pid != os.getpid():
+                self._start()
+            assert self._jobs is not None
+            self._jobs.put((future, function))
+
+    def _start(self) -> None:
+        self._jobs, self._pid, self._stuck = queue.SimpleQueue(), os.getpid(), None
+        threading.Thread(target=self._run, args=(self._jobs,), name="nis-yp", daemon=True).start()
+
+    @staticmethod
+    def _run(jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]) -> None:
+        while True:
+            future, function = jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up while it was queued
+            try:
+                with _YP_LOCK:
+                    result = function()
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+_WORKER = _YpWorker()
 
 
 class NisClient:
@@ -92,11 +168,19 @@ class NisMap:
     name = "nis"
 
     def __init__(
-        self, options: str = "", *, domain: str | None = None, binding: NisBinding | None = None
+        self,
+        options: str = "",
+        *,
+        domain: str | None = None,
+        binding: NisBinding | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
         self.map_name = options or DEFAULT_MAP
         # None: ask libnsl on every lookup, as perdition does (domainname may change).
         self.domain = domain
+        self.timeout = timeout
         self._client = NisClient(binding if binding is not None else _load_binding())
         self._closed = False
         self._available = True
@@ -125,14 +209,16 @@ class NisMap:
     def _fetch(self, key: bytes) -> bytes | None:
         if self._closed:
             raise MapError(self.name, f"{self.map_name}: map is closed")
-        with _YP_LOCK:
-            try:
-                domain = self._domain()
-                value = self._client.match(domain, encode_name(self.map_name), key)
-            except NisError as exc:
-                raise self._unavailable(str(exc)) from exc
-            self._note_available()
+        try:
+            value = _WORKER.call(lambda: self._match(key), self.timeout)
+        except (NisError, _NisTimeout) as exc:
+            raise self._unavailable(str(exc)) from exc
+        self._note_available()
         return value
+
+    def _match(self, key: bytes) -> bytes | None:
+        """On the worker thread, holding :data:`_YP_LOCK`."""
+        return self._client.match(self._domain(), encode_name(self.map_name), key)
 
     def _domain(self) -> bytes:
         if self.domain is not None:

@@ -1,8 +1,9 @@
 """The CDB map end to end: perditionpy routes real IMAP and POP3 logins to the private
 Dovecot by a popmap built with tinycdb's ``cdb`` tool.
 
-(The NIS map's real-server tests live in tests/unit/test_nis_map.py: ypserv must run in
-private network namespaces, where the shared Dovecot cannot be reached.)
+(The NIS map's real-server tests live in tests/unit/test_nis_map.py, and its full
+login through the proxy in tests/integration/test_map_nis_e2e.py, which shares the
+host's network namespace with ypserv.)
 """
 
 from __future__ import annotations

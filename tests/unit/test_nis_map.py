@@ -12,12 +12,14 @@ server through a ypbind-style binding file, so no ypbind is needed. perdition's 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,9 @@ import pytest
 
 from perditionpy.endpoints import UserServerPort
 from perditionpy.errors import MapError
-from perditionpy.maps import _nis_ffi, open_map
+from perditionpy.maps import _nis_ffi, nis, open_map
 from perditionpy.maps.base import LookupContext
-from perditionpy.maps.nis import DEFAULT_MAP, NisMap
+from perditionpy.maps.nis import DEFAULT_MAP, DEFAULT_TIMEOUT, NisMap
 
 CONTEXT = LookupContext()
 PERDITION_NIS_LIBRARY = "/usr/lib/x86_64-linux-gnu/libperditiondb_nis.so.0"
@@ -51,6 +53,10 @@ class FakeNsl:
         self.most_active = 0
         self.gate = threading.Lock()
         self.real = _nis_ffi.load()
+        # Set: yp_match blocks (a NIS server that never answers) until ``release``.
+        self.hang = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
     def yp_get_default_domain(self, out: Any) -> int:
         domain = self.ffi.new("char[]", b"fake.example")
@@ -66,6 +72,9 @@ class FakeNsl:
             self.most_active = max(self.most_active, self.active)
         try:
             self.calls.append((domain, map_name, key, length))
+            self.entered.set()
+            if self.hang.is_set():
+                self.release.wait(timeout=30)
             if self.code:
                 return self.code
             if key not in self.entries:
@@ -91,12 +100,16 @@ class FakeLibc:
 
 
 def fake_map(
-    entries: dict[bytes, bytes], options: str = "", code: int = 0, domain: str | None = None
+    entries: dict[bytes, bytes],
+    options: str = "",
+    code: int = 0,
+    domain: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[NisMap, FakeNsl, FakeLibc]:
     real = _nis_ffi.load()
     nsl, libc = FakeNsl(real.ffi, entries, code), FakeLibc()
     binding = _nis_ffi.NisBinding(ffi=real.ffi, nsl=nsl, libc=libc)
-    return NisMap(options, domain=domain, binding=binding), nsl, libc
+    return NisMap(options, domain=domain, binding=binding, timeout=timeout), nsl, libc
 
 
 # --------------------------------------------------------------------------- options
@@ -212,6 +225,79 @@ def test_closed_map_refuses_lookups() -> None:
     with pytest.raises(MapError, match="closed"):
         nis.get("alice", CONTEXT)
     assert nsl.calls == []
+
+
+# --------------------------------------------------------------------------- the bound
+
+
+def test_default_timeout_is_five_seconds_and_must_be_positive() -> None:
+    assert fake_map({})[0].timeout == DEFAULT_TIMEOUT == 5.0
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            fake_map({}, timeout=bad)
+
+
+def test_hung_lookup_fails_within_the_bound_then_fails_fast_until_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="perditionpy.maps.nis")
+    hung, nsl, _ = fake_map({b"alice": b"imap.example"}, timeout=0.2)
+    nsl.hang.set()
+    try:
+        started = time.monotonic()
+        with pytest.raises(MapError, match=r"no answer from NIS within 0\.2s"):
+            hung.get("alice", CONTEXT)
+        assert 0.2 <= time.monotonic() - started < 2
+        assert "no answer from NIS within 0.2s" in caplog.text
+        assert "falling back to --outgoing_server" in caplog.text
+        # Another map shares libnsl, so it must not queue behind the stuck call.
+        other, other_nsl, _ = fake_map({b"bob": b"h"}, timeout=30)
+        started = time.monotonic()
+        with pytest.raises(MapError, match="an earlier lookup is still waiting for NIS"):
+            other.get("bob", CONTEXT)
+        assert time.monotonic() - started < 1
+        assert other_nsl.calls == []
+    finally:
+        nsl.release.set()
+    stuck = nis._WORKER._stuck
+    assert stuck is not None
+    assert stuck.result(timeout=10) == b"imap.example"  # it finished in the background
+    assert hung.get("alice", CONTEXT) == UserServerPort(None, "imap.example", None)
+    assert "NIS map user_mail_server answers again" in caplog.text
+
+
+def test_a_caller_queued_behind_a_slow_lookup_gives_up_without_running() -> None:
+    slow, slow_nsl, _ = fake_map({b"alice": b"a"}, timeout=30)
+    quick, quick_nsl, _ = fake_map({b"bob": b"b"}, timeout=0.1)
+    slow_nsl.hang.set()
+    answers: list[UserServerPort | None] = []
+    caller = threading.Thread(target=lambda: answers.append(slow.get("alice", CONTEXT)))
+    caller.start()
+    try:
+        assert slow_nsl.entered.wait(timeout=10)
+        with pytest.raises(MapError, match=r"within 0\.1s"):
+            quick.get("bob", CONTEXT)
+    finally:
+        slow_nsl.release.set()
+        caller.join(timeout=10)
+    assert answers == [UserServerPort(None, "a", None)]
+    assert quick_nsl.calls == []  # cancelled while queued: never reached libnsl
+    assert quick.get("bob", CONTEXT) == UserServerPort(None, "b", None)  # nothing left stuck
+
+
+def test_a_forked_child_gets_its_own_worker() -> None:
+    parent_map, _, _ = fake_map({b"alice": b"h"})
+    assert parent_map.get("alice", CONTEXT) is not None  # the worker runs in this process
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's worker thread did not survive the fork
+        try:
+            child_map, _, _ = fake_map({b"alice": b"h"}, timeout=5)
+            found = child_map.get("alice", CONTEXT)
+            os._exit(0 if found == UserServerPort(None, "h", None) else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # --------------------------------------------------------------------------- real libnsl, no server
@@ -367,6 +453,38 @@ def perditions(map_name, key):
     return [status, value.value.decode() if status == 0 else None]
 
 
+def stalled(ypserv):
+    # One map, bound 1 s, while ypserv is stopped (SIGSTOP: it hangs, not refuses).
+    import io, logging, signal
+    from perditionpy.errors import MapError
+    from perditionpy.maps.base import LookupContext
+    from perditionpy.maps.nis import NisMap
+    log = io.StringIO()
+    logger = logging.getLogger("perditionpy.maps.nis")
+    logger.addHandler(logging.StreamHandler(log))
+    logger.setLevel(logging.INFO)
+    nis = NisMap("", timeout=1.0)
+
+    def lookup():
+        started = time.monotonic()
+        try:
+            found = nis.get("alice", LookupContext()).server
+        except MapError as exc:
+            found = str(exc)
+        return [found, time.monotonic() - started]
+
+    result = {"before": lookup()}
+    os.kill(ypserv.pid, signal.SIGSTOP)
+    result["stopped"] = lookup()
+    result["still_stopped"] = lookup()
+    os.kill(ypserv.pid, signal.SIGCONT)
+    # The stuck call gets its answer once ypserv runs again; until then lookups fail fast.
+    wait_for("a lookup after SIGCONT", lambda: lookup()[0] == "127.0.0.1")
+    result["resumed"] = lookup()
+    result["log"] = log.getvalue()
+    return result
+
+
 def main():
     rpcbind, ypserv = setup(sys.argv[1])
     keys = ["alice", "bob", "carol", "nobody", "Alice"]
@@ -376,6 +494,7 @@ def main():
         "no_such_map": ours("no_such_map", "alice"),
         "perdition_no_such_map": perditions("no_such_map", "alice"),
     }
+    result["stalled"] = stalled(ypserv)
     ypserv.terminate()
     ypserv.wait()
     started = time.monotonic()
@@ -444,3 +563,26 @@ def test_real_server_down_is_a_prompt_map_error(real_server: dict[str, Any]) -> 
         "nis: cannot look up in NIS map user_mail_server: yp_match: "
     )
     assert real_server["server_down_seconds"] < 30
+
+
+def test_real_server_that_hangs_fails_within_the_bound_and_recovers(
+    real_server: dict[str, Any],
+) -> None:
+    stalled = real_server["stalled"]
+    assert stalled["before"][0] == "127.0.0.1"
+    message, seconds = stalled["stopped"]
+    assert message == (
+        "nis: cannot look up in NIS map user_mail_server: no answer from NIS within 1s "
+        "(libnsl keeps waiting in the background)"
+    )
+    assert 1.0 <= seconds < 3.0
+    message, seconds = stalled["still_stopped"]
+    assert message.endswith(": an earlier lookup is still waiting for NIS")
+    assert seconds < 0.5
+    assert stalled["resumed"][0] == "127.0.0.1"
+    assert stalled["log"].splitlines() == [
+        "nis: cannot look up in NIS map user_mail_server: no answer from NIS within 1s "
+        "(libnsl keeps waiting in the background); lookups fail (falling back to "
+        "--outgoing_server) until NIS answers",
+        "NIS map user_mail_server answers again",
+    ]
