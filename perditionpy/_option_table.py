@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
-    "TABLE", "BY_LONG", "BY_SHORT", "BY_ATTR", "DEFAULTS", "OptionSpec", "BadValue", "Updates",
+    "TABLE", "EXTENSIONS", "ALL", "BY_LONG", "BY_SHORT", "BY_ATTR", "DEFAULTS", "OptionSpec", "BadValue", "Updates",
     "PROTOCOLS", "DEFAULT_PORTS", "DEFAULT_PORT_NAMES", "STATE_NAMES", "SSL_MODE_FLAGS",
     "MANAGESIEVE_CAPABILITY", "resolve_port", "split_list", "text_value",
 ]
@@ -68,6 +68,14 @@ class BadValue(ValueError):
 
 
 # ---------------------------------------------------------------- value parsers
+
+def positive(text: str) -> int:
+    """A decimal integer from 1 to perdition's C ``int`` maximum."""
+    number = uint(text)
+    if number < 1:
+        raise BadValue("must be at least 1")
+    return number
+
 
 def uint(text: str) -> int:
     """A non-negative decimal integer that fits perdition's C ``int``."""
@@ -428,15 +436,16 @@ _SSL: tuple[OptionSpec, ...] = (
     _ssl_opt("ssl_ca_path", "DIRECTORY",
              "Directory of certificate authorities trusted when checking certificates.",
              text_value, f"{_SYSCONFDIR}/perdition.ca/", 0x4),
-    _ssl_flag("ssl_ca_accept_self_signed", "Accept self-signed certificate authorities.",
-              0x8, implemented=False),
+    _ssl_flag("ssl_ca_accept_self_signed",
+              "Accept a real server whose chain ends in a self-signed certificate "
+              "authority that is not trusted (ssl_outgoing only).", 0x8),
     _ssl_opt("ssl_cert_file", "FILENAME", "Our certificate, shown to clients.",
              text_value, f"{_SYSCONFDIR}/perdition.crt.pem", 0x10),
     _ssl_opt("ssl_dh_params_file", "FILENAME",
              "Diffie-Hellman parameters (else looked for in ssl_cert_file).",
              text_value, "", 0x20000),
-    _ssl_flag("ssl_cert_accept_self_signed", "Accept self-signed server certificates.", 0x80,
-              implemented=False),
+    _ssl_flag("ssl_cert_accept_self_signed",
+              "Accept a real server's self-signed certificate (ssl_outgoing only).", 0x80),
     _ssl_flag("ssl_cert_accept_expired", "Accept expired certificates.", 0x20),
     _ssl_flag("ssl_cert_accept_not_yet_valid", "Accept certificates not valid yet.", 0x40),
     _ssl_opt("ssl_cert_verify_depth", "DEPTH",
@@ -482,12 +491,23 @@ _SSL: tuple[OptionSpec, ...] = (
               "Let the client's order of ciphers win over ours.", 0x1000000),
 )
 
+# perditionpy's own options (docs/compatibility.md): not in perdition's option log,
+# so outside its option mask and greeting checksum.
+EXTENSIONS: tuple[OptionSpec, ...] = (
+    _opt("workers", None, "N",
+         "perditionpy only: serve the listeners with N processes (SO_REUSEPORT); a parent "
+         "starts them, restarts one that dies, passes SIGHUP/SIGTERM on and owns the pid "
+         "file. 1 serves from one process.", positive, 1, (0, 0)),
+)
+
+# perdition 2.2's options, in the order of its --help (its popt table).
 TABLE: tuple[OptionSpec, ...] = _MAIN + _SSL
-BY_LONG: Mapping[str, OptionSpec] = {spec.long: spec for spec in TABLE}
-BY_SHORT: Mapping[str, OptionSpec] = {spec.short: spec for spec in TABLE if spec.short}
+ALL: tuple[OptionSpec, ...] = TABLE + EXTENSIONS
+BY_LONG: Mapping[str, OptionSpec] = {spec.long: spec for spec in ALL}
+BY_SHORT: Mapping[str, OptionSpec] = {spec.short: spec for spec in ALL if spec.short}
 # The option owning each Options attribute: the one spelt like it, else the only one.
 BY_ATTR: Mapping[str, OptionSpec] = {
-    attr: BY_LONG.get(attr, spec) for spec in TABLE for attr in spec.targets}
+    attr: BY_LONG.get(attr, spec) for spec in ALL for attr in spec.targets}
 # Attribute defaults; None where options.load works them out (protocol, ports, ...).
 DEFAULTS: Mapping[str, object] = {
     **{attr: spec.default for attr, spec in BY_ATTR.items() if spec.long == attr},

@@ -41,8 +41,10 @@ class App:
         return self._map
 
     def reload(self) -> None:
-        """Open the map afresh and swap it in; sessions keep running."""
+        """Open the map afresh and swap it in, forget the greeting hosts; sessions
+        keep running."""
         opt = self.options  # the server has logged "Reloading map library ..."
+        self.services.greeting_hosts.clear()  # names may have changed too
         new = open_map(opt.map_library, opt.map_library_opt)
         with self._lock:
             old, self._map = self._map, new

@@ -19,7 +19,11 @@ which hides the Connect/Auth/Closing lines and every other informational line);
 priority, the one perdition gives its ``Auth:`` line.
 
 Everything goes through :mod:`logging` on the root logger; this module only
-installs handlers on it, so it keeps no state of its own.
+installs handlers on it. Logging is on every login's path, so it is kept
+cheap: no caller lookup, thread, process or multiprocessing fields on the
+records (the pid comes from :func:`_pid`, refreshed after a fork), one
+``localtime`` per second, and each line is formatted before the handler's
+lock is taken so threads queue only for the write.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import logging.handlers
 import os
 import stat
 import sys
+import threading
 import time
 from types import MappingProxyType
 from typing import Protocol, TextIO
@@ -78,23 +83,72 @@ def timestamp(when: float) -> str:
     return f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
 
 
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def _pid() -> int:
+    """This process's pid without a system call per line (daemonize and --workers fork)."""
+    return _PID[0]
+
+
 class LineFormatter(logging.Formatter):
     """vanessa_logger's line: ``<timestamp> <ident>[<pid>]: <message>``."""
 
     def __init__(self, ident: str) -> None:
         super().__init__()
         self.ident = ident
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def _timestamp(self, when: float) -> str:
+        second, text = self._second  # one tuple: read and replaced atomically
+        if int(when) != second:
+            text = timestamp(when)
+            self._second = (int(when), text)
+        return text
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
         if record.exc_info:
             text = f"{text}\n{self.formatException(record.exc_info)}"
         # Client input may reach a message as lone surrogates; no sink can encode those.
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        return f"{timestamp(record.created)} {self.ident}[{record.process}]: {text}"
+        if not text.isascii():
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        pid = record.process if record.process is not None else _pid()
+        return f"{self._timestamp(record.created)} {self.ident}[{pid}]: {text}"
 
 
-class _SyslogHandler(logging.handlers.SysLogHandler):
+class _FormatOutsideLock(logging.Handler):
+    """Formats the line before taking the handler's lock; ``emit`` then finds it."""
+
+    _pending: threading.local
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        passed = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12 filters may swap it
+            record = passed
+        if not passed:
+            return False
+        pending = self.__dict__.get("_pending") or self.__dict__.setdefault(
+            "_pending", threading.local())
+        pending.line = self.format_line(record)
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.emit(record)
+        finally:
+            pending.line = None
+        return True
+
+    def format(self, record: logging.LogRecord) -> str:
+        pending = self.__dict__.get("_pending")
+        line = getattr(pending, "line", None) if pending is not None else None
+        return line if line is not None else self.format_line(record)
+
+    def format_line(self, record: logging.LogRecord) -> str:
+        return super().format(record)
+
+
+class _SyslogHandler(_FormatOutsideLock, logging.handlers.SysLogHandler):
     """glibc's wire format: ``<PRI>`` + the line, newline-terminated, no NUL."""
 
     append_nul = False
@@ -107,11 +161,11 @@ class _SyslogHandler(logging.handlers.SysLogHandler):
             return "notice"
         return super().mapPriority(levelName)
 
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record) + "\n"
+    def format_line(self, record: logging.LogRecord) -> str:
+        return logging.Handler.format(self, record) + "\n"
 
 
-class _FileHandler(logging.FileHandler):
+class _FileHandler(_FormatOutsideLock, logging.FileHandler):
     """An appended log file that SIGHUP reopens (after logrotate moved it)."""
 
     def __init__(self, path: str) -> None:
@@ -134,7 +188,7 @@ class _FileHandler(logging.FileHandler):
             old.close()
 
 
-class _StreamHandler(logging.StreamHandler[TextIO]):
+class _StreamHandler(_FormatOutsideLock, logging.StreamHandler[TextIO]):
     """stdout or stderr (``-F -`` / ``-F +``)."""
 
 
@@ -203,6 +257,7 @@ def setup_logging(options: LogOptions, prog: str, *,
     Raises ``OptionError`` for an unknown facility or a log file that cannot be opened.
     """
     logging.addLevelName(NOTICE, "NOTICE")
+    _lighter_records()
     handler = make_handler(options.log_facility, syslog_address)
     handler.setFormatter(LineFormatter(os.path.basename(prog) or "perdition"))
     root = logging.getLogger()
@@ -214,6 +269,14 @@ def setup_logging(options: LogOptions, prog: str, *,
     if _wanted_syslog(options.log_facility) and not isinstance(handler, _SyslogHandler):
         logging.getLogger(__name__).warning(
             "%s is not a socket: logging to stderr instead of syslog", syslog_address)
+
+
+def _lighter_records() -> None:
+    """Records without the fields no line shows (each costs a call per record)."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # no stack walk for the caller's file and line
 
 
 def _wanted_syslog(log_facility: str) -> bool:

@@ -130,6 +130,7 @@ class Options:
     ssl_listen_compression: bool = False
     ssl_outgoing_compression: bool = False
     ssl_no_cipher_server_preference: bool = False
+    workers: int = 1  # perditionpy's own (table.EXTENSIONS)
     # Not options: where the values came from.
     program: str = "perdition"
     explicit: frozenset[str] = frozenset()
@@ -361,7 +362,7 @@ def _build(values: Updates, program: str, path: str | None) -> Options:
 
 
 def _refuse_unimplemented(options: Options) -> None:
-    for spec in table.TABLE:
+    for spec in table.ALL:
         if not spec.works_with(getattr(options, spec.targets[0])):
             raise NotImplementedOption(spec.long)
 
@@ -420,6 +421,9 @@ def help_text(prog: str) -> str:
         if spec.ssl and spec.long == "ssl_mode":
             out += ["", "SSL/TLS options:"]
         out += _help_entry(spec, program)
+    out += ["", "perditionpy's own options:"]
+    for spec in table.EXTENSIONS:
+        out += _help_entry(spec, program)
     out += ["", " Flags are off unless given. An empty string argument (\"\") turns",
             " the option off unless its text says otherwise. See perdition(8)."]
     return "\n".join(out) + "\n"
@@ -436,6 +440,12 @@ def markdown() -> str:
            "| option | short | argument | default | implemented | description |",
            "|---|---|---|---|---|---|"]
     for spec in table.TABLE:
+        out.append(_markdown_row(spec))
+    out += ["", "## perditionpy's own options", "",
+            "Not in perdition 2.2; outside its option mask and greeting checksum.", "",
+            "| option | short | argument | default | implemented | description |",
+            "|---|---|---|---|---|---|"]
+    for spec in table.EXTENSIONS:
         out.append(_markdown_row(spec))
     return "\n".join(out) + "\n"
 

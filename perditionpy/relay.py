@@ -3,6 +3,9 @@ the connection idles out.  No parsing, no buffering beyond one read.
 
 This is deliberately a small, replaceable piece: the session calls
 :func:`relay` and gets the byte counts back for its ``Closing session`` line.
+Only inetd mode (one session, one process) relays here, in the session's
+thread; the daemon hands every pair to :mod:`perditionpy.relay_hub`, which
+shares :class:`RelayResult`.
 
 Either side may be an ``ssl.SSLSocket``.  Readiness of its file descriptor then
 says little: decrypted bytes may wait inside OpenSSL (``pending()``) while the

@@ -2,7 +2,7 @@
 dropping privileges, the connection limit, signals and connection threads.
 
 The main thread only accepts and acts on signals; each connection goes to
-``handle`` in a thread of its own. Signal handlers only record the signal and
+``handle`` on a worker of a long-lived pool (perditionpy.pool). Signal handlers only record the signal and
 wake the loop through a socketpair: SIGHUP reopens the log and calls ``reload``
 (connections keep running); SIGTERM/SIGINT/SIGQUIT stop accepting, remove the
 pid file and give connections :data:`SHUTDOWN_GRACE` seconds before their
@@ -13,6 +13,7 @@ docs/compatibility.md and marked where they happen.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from perditionpy import limits
+from perditionpy import limits, relay_hub
 from perditionpy import log as log_mod
 from perditionpy.daemon import (
     EXIT_FATAL,
@@ -42,6 +43,8 @@ from perditionpy.daemon import (
     stay_in_foreground,
     write_pid_file,
 )
+from perditionpy.pool import WorkerPool, default_size
+from perditionpy.supervisor import supervise
 
 if TYPE_CHECKING:
     from perditionpy.endpoints import UserServerPort
@@ -75,6 +78,7 @@ _FLUSH_WAIT = 5.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # perdition ignores these; their default action would kill the process.
 _IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -134,30 +138,32 @@ def _bind_failed(host: str, port: int, exc: OSError) -> StartupError:
                         f"{reason}. Exiting.")
 
 
-def _listen(family: int, sockaddr: Address, *, dualstack: bool = False) -> socket.socket:
+def _listen(family: int, sockaddr: Address, *, dualstack: bool = False,
+            reuse_port: bool = False) -> socket.socket:
     # create_server sets SO_REUSEADDR, and IPV6_V6ONLY unless dual-stack.
     sock = socket.create_server(sockaddr, family=family, backlog=socket.SOMAXCONN,
-                                dualstack_ipv6=dualstack)
+                                dualstack_ipv6=dualstack, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
 
 
-def _listen_everywhere(port: int) -> socket.socket:
+def _listen_everywhere(port: int, reuse_port: bool = False) -> socket.socket:
     """``::`` for IPv6 and IPv4 at once where the host has IPv6, else ``0.0.0.0``."""
     if socket.has_dualstack_ipv6():
         try:
-            return _listen(socket.AF_INET6, ("::", port), dualstack=True)
+            return _listen(socket.AF_INET6, ("::", port), dualstack=True,
+                           reuse_port=reuse_port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise _bind_failed("::", port, exc) from None
             logger.debug("No IPv6 listener (%s): using 0.0.0.0", exc)
     try:
-        return _listen(socket.AF_INET, ("0.0.0.0", port))
+        return _listen(socket.AF_INET, ("0.0.0.0", port), reuse_port=reuse_port)
     except OSError as exc:
         raise _bind_failed("0.0.0.0", port, exc) from None
 
 
-def _listen_on(host: str, port: int) -> socket.socket:
+def _listen_on(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The first address ``host`` resolves to that binds, as perdition does.
 
     A busy port is fatal at once rather than falling through to another family.
@@ -169,7 +175,7 @@ def _listen_on(host: str, port: int) -> socket.socket:
     failure = OSError(errno.EADDRNOTAVAIL, "no address")
     for family, _, _, _, sockaddr in infos:
         try:
-            return _listen(family, sockaddr)
+            return _listen(family, sockaddr, reuse_port=reuse_port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise _bind_failed(host, port, exc) from None
@@ -177,13 +183,17 @@ def _listen_on(host: str, port: int) -> socket.socket:
     raise _bind_failed(host, port, failure)
 
 
-def open_listeners(options: Options) -> list[socket.socket]:
-    """Bind every ``-b`` address (all addresses when there are none); non-blocking."""
+def open_listeners(options: Options, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind every ``-b`` address (all addresses when there are none); non-blocking.
+
+    ``reuse_port``: with SO_REUSEPORT, so that each ``--workers`` process can have
+    its own set and the kernel spreads connections over them."""
     targets = [_bind_target(entry, options.listen_port) for entry in options.bind_address]
     sockets: list[socket.socket] = []
     try:
         for host, port in targets or [("", options.listen_port)]:
-            sockets.append(_listen_on(host, port) if host else _listen_everywhere(port))
+            sockets.append(_listen_on(host, port, reuse_port) if host
+                           else _listen_everywhere(port, reuse_port))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -269,7 +279,7 @@ def _addresses(conn: socket.socket) -> tuple[Address | None, Address | None]:
 # ---------------------------------------------------------------- threads
 
 def start_thread(target: Callable[[], None], name: str) -> None:
-    """The one place threads are started (a bounded pool can replace it)."""
+    """A dedicated thread (inetd mode's stdio bridge); connections use the pool."""
     threading.Thread(target=target, name=name, daemon=True).start()
 
 
@@ -329,12 +339,14 @@ class _Wakeup:
 
 
 class _Connections:
-    """The connections being handled, for ``-L`` and for shutting down."""
+    """The connections being handled, for ``-L`` and for shutting down: those
+    with a thread of their own, and those the relay hub holds after login."""
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._on_change = on_change
+        relay_hub.hub().watch(on_change)
 
     def add(self, conn: socket.socket) -> None:
         with self._lock:
@@ -347,7 +359,7 @@ class _Connections:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._open)
+            return len(self._open) + relay_hub.hub().active()
 
     def shutdown_all(self) -> None:
         """Shut (not close) every socket: sessions see EOF and finish by themselves."""
@@ -356,6 +368,16 @@ class _Connections:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        relay_hub.hub().close_all()
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A worker gets SIGTERM (a graceful stop) if its parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _tune_client_socket(conn: socket.socket, keepalive: bool) -> None:
@@ -389,6 +411,8 @@ class Server:
         self._stop_at: float | None = None  # when the grace period ends
         self._closed_all = False
         self._pid_file = ""
+        self._worker_listeners: list[list[socket.socket]] = []  # --workers: one set each
+        self._pool = WorkerPool(default_size(options.connection_limit), name="connection")
 
     def stop(self) -> None:
         """Ask the server to stop, as SIGTERM does; callable from any thread."""
@@ -414,9 +438,15 @@ class Server:
                     or log_mod.writes_to_std_stream(opt.log_facility))
 
     def _run_standalone(self) -> int:
-        self._listeners = open_listeners(self._options)
+        workers = max(1, getattr(self._options, "workers", 1))
+        if workers > 1:
+            self._worker_listeners = [open_listeners(self._options, reuse_port=True)
+                                      for _ in range(workers)]
+        else:
+            self._listeners = open_listeners(self._options)
         report = daemonize() if self._should_detach() else stay_in_foreground
-        self._wakeup.install()  # not before: the foreground process must stay killable
+        if workers == 1:
+            self._wakeup.install()  # not before: the foreground process must stay killable
         try:
             self._become_daemon()
         except StartupError as exc:
@@ -424,6 +454,57 @@ class Server:
             report(exc.status)
             return exc.status
         report(0)
+        if workers > 1:
+            return supervise(workers, self._start_worker, on_hup=self._parent_hup,
+                             on_stop=self._parent_stop)
+        return self._main_loop()
+
+    # -- --workers: the parent and its worker processes
+
+    def _parent_hup(self) -> None:
+        log_mod.reopen()
+        logger.info("Reopened logger")
+
+    def _parent_stop(self, signum: int) -> None:
+        logger.info("Exiting on signal %d", signum)
+        self._remove_pid_file()
+
+    def _start_worker(self, slot: int, mask: set[int | signal.Signals]) -> int:
+        """Fork the worker serving listener set ``slot``; in the child, serve and exit."""
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        status = EXIT_FATAL
+        try:
+            _stop_with_parent(parent)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            status = self._serve_as_worker(slot)
+        except BaseException:
+            logger.exception("Fatal error in worker %d", os.getpid())
+        finally:
+            os._exit(status)
+        return 0  # not reached
+
+    def _serve_as_worker(self, slot: int) -> int:
+        """The child's own wake-up pipe, selector and listener set; the parent keeps
+        the pid file. Maps are reopened so no connection to a database is shared."""
+        for index, listeners in enumerate(self._worker_listeners):
+            if index != slot:
+                for listener in listeners:
+                    listener.close()
+        self._listeners, self._worker_listeners = self._worker_listeners[slot], []
+        self._pid_file = ""
+        self._wakeup.close()
+        self._selector.close()
+        self._wakeup = _Wakeup()
+        self._connections = _Connections(self._wakeup.post)
+        self._selector = selectors.DefaultSelector()
+        self._wakeup.install()
+        try:
+            self._reload()
+        except Exception as exc:
+            logger.error("Worker %d keeps the map it inherited: %s", os.getpid(), exc)
         return self._main_loop()
 
     def _become_daemon(self) -> None:
@@ -472,8 +553,7 @@ class Server:
                handle: Handler) -> None:
         self._connections.add(conn)
         try:
-            start_thread(partial(self._run_connection, handle, conn, client, local),
-                         name=f"connection-{conn.fileno()}")
+            self._pool.submit(partial(self._run_connection, handle, conn, client, local))
         except RuntimeError as exc:  # no more threads
             logger.error("Cannot start a thread for a connection: %s", exc)
             conn.close()
@@ -632,6 +712,10 @@ class Server:
     def _cleanup(self) -> None:
         self._wakeup.restore()
         self._close_listeners()
+        for listeners in self._worker_listeners:
+            for listener in listeners:
+                listener.close()
+        self._worker_listeners = []
         self._remove_pid_file()
         self._selector.close()
         self._wakeup.close()

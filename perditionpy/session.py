@@ -15,6 +15,7 @@ import encodings.idna  # noqa: F401
 import logging
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,13 +35,14 @@ from perditionpy.protocol.base import (
     ToBackend,
     ToClient,
 )
-from perditionpy.relay import relay
+from perditionpy.relay import RelayResult, relay
+from perditionpy.relay_hub import hub as relay_hub
 from perditionpy.resolve import ConnectTargetError, ResolveError, Route
 from perditionpy.tls import TlsContexts, TlsError, TlsMode
 from perditionpy.tls import close as close_socket
 from perditionpy.usernames import UsernameError
 
-__all__ = ["Session", "SessionServices", "greeting_host"]
+__all__ = ["GreetingHosts", "Session", "SessionServices", "greeting_host"]
 
 log = logging.getLogger("perditionpy.session")
 
@@ -57,6 +59,7 @@ class SessionServices:
     current_map: Any              # callable returning the current Map or None
     sleep: Any = field(default=time.sleep)
     tls: TlsContexts | None = None  # perditionpy.tls.contexts(options): None without SSL/TLS
+    greeting_hosts: GreetingHosts = field(default_factory=lambda: GreetingHosts())
 
 
 def greeting_host(options: Any, local: Address) -> str:
@@ -71,6 +74,32 @@ def greeting_host(options: Any, local: Address) -> str:
         except OSError:
             pass
     return address
+
+
+# Local addresses whose greeting host is remembered (a listener on :: sees every
+# address of the host).
+_GREETING_HOSTS_CACHED = 1024
+
+
+class GreetingHosts:
+    """:func:`greeting_host` per local address, looked up once: a reverse lookup
+    reads files and resolves on every call. ``clear`` (SIGHUP) forgets them all."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[Any, str] = {}
+
+    def get(self, options: Any, local: Address) -> str:
+        key = None if local is None else local[0]
+        host = self._hosts.get(key)
+        if host is None:
+            host = greeting_host(options, local)
+            if len(self._hosts) >= _GREETING_HOSTS_CACHED:
+                self._hosts.clear()  # a host with very many addresses: start again
+            self._hosts[key] = host
+        return host
+
+    def clear(self) -> None:
+        self._hosts = {}
 
 
 def _from_to(client: Address, local: Address) -> str:
@@ -108,7 +137,7 @@ class Session:
         self._tag = b"flim07"  # perdition's back-end tag sequence, per connection
 
     def _make_engine(self) -> Any:
-        host = greeting_host(self._opt, self._local)
+        host = self._s.greeting_hosts.get(self._opt, self._local)
         kind = (managesieve.ManageSieveFrontEnd if self._opt.protocol == "MANAGESIEVE"
                 else imap4.Imap4FrontEnd if self._opt.protocol.startswith("IMAP")
                 else pop3.Pop3FrontEnd)
@@ -257,7 +286,7 @@ class Session:
     def _connect(self, route: Route) -> socket.socket | None:
         timeout = self._opt.authenticate_timeout or None
         try:
-            sock = socket.create_connection((route.server, route.port), timeout=timeout)
+            sock = _open_connection(route.server, route.port, timeout)
         except OSError as exc:
             log.debug("connect to %s:%s failed: %s", route.server, route.port, exc)
             return None
@@ -296,8 +325,6 @@ class Session:
         sock = holder[0]
         if result.status is LoginStatus.OK:
             self._succeed(cred, route, result)
-            if result.trailing:
-                self._write(result.trailing)
             pipelined = self._engine.pending_data()
             if pipelined:  # perdition drops these; a pipelining client expects them sent
                 sock.sendall(pipelined)
@@ -378,10 +405,12 @@ class Session:
         return None
 
     def _succeed(self, cred: Credentials, route: Route, result: LoginResult) -> None:
+        """The OK and whatever the back-end sent after its own, in one write."""
         if self._opt.server_resp_line:
-            self._write(self._engine.reply_raw(result.server_line))
+            reply = self._engine.reply_raw(result.server_line)
         else:
-            self._write(self._engine.reply_ok(self._opt.ok_line))
+            reply = self._engine.reply_ok(self._opt.ok_line)
+        self._write(reply + result.trailing if result.trailing else reply)
         self._log_auth(cred, route, "ok")
 
     # -- log lines ---------------------------------------------------------
@@ -414,16 +443,66 @@ class Session:
     # -- after login -------------------------------------------------------
 
     def _relay(self, backend: socket.socket, cred: Credentials, route: Route) -> None:
+        """Hand the pair to the process's relay hub (this thread then ends); in
+        inetd mode, where the process is this one session, relay right here."""
         authorisation_id, user = _ids(cred, route)
-        try:
-            result = relay(self._conn, backend, timeout=self._opt.timeout or None)
-        finally:
-            close_socket(backend)
-        if result.timed_out:
-            log.info("Timeout piping data.")
-        log.info('Closing session:%s authorisation_id=%s authentication_id="%s" '
-                 'received=%d sent=%d', self._from_to, authorisation_id, user,
-                 result.received, result.sent)
+
+        def closing(result: RelayResult) -> None:
+            if result.timed_out:
+                log.info("Timeout piping data.")
+            log.info('Closing session:%s authorisation_id=%s authentication_id="%s" '
+                     'received=%d sent=%d', self._from_to, authorisation_id, user,
+                     result.received, result.sent)
+
+        timeout = self._opt.timeout or None
+        if self._inetd_pid is not None:
+            try:
+                result = relay(self._conn, backend, timeout=timeout)
+            finally:
+                close_socket(backend)
+            closing(result)
+            return
+        client = self._conn
+        if isinstance(client, ssl.SSLSocket):
+            # run() closes self._conn when this returns: leave it a closed stand-in.
+            self._conn = socket.socket(socket.AF_UNIX)
+            self._conn.close()
+        else:
+            # The server's handle on this socket (the same object) closes a
+            # detached one harmlessly; the hub gets the descriptor.
+            client = socket.socket(client.family, client.type, client.proto,
+                                   fileno=client.detach())
+        relay_hub().add(client, backend, timeout=timeout, on_done=closing,
+                        label=self._from_to)
+
+
+def _open_connection(host: str, port: int, timeout: float | None) -> socket.socket:
+    """``socket.create_connection`` without its ``getaddrinfo`` when ``host`` is
+    already an address (the usual back-end): one system call less per login."""
+    family = _address_family(host)
+    if family is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _address_family(host: str) -> int | None:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return socket.AF_INET
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        return None
+    return None if "%" in host else socket.AF_INET6
 
 
 def _ids(cred: Credentials, route: Route | None) -> tuple[str, str]:

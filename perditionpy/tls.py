@@ -11,6 +11,12 @@ the handshakes.
 * :meth:`TlsContexts.accept` and :meth:`TlsContexts.connect` run one
   handshake, bounded by a timeout; a failure is a :class:`TlsError` whose text
   says why (for the log line).
+* ``--ssl_cert_accept_self_signed`` / ``--ssl_ca_accept_self_signed`` without
+  a verify callback (Python's ``ssl`` has none): a back-end handshake that
+  fails verification with exactly OpenSSL's "self-signed certificate" (18) or
+  "self-signed certificate in certificate chain" (19) is retried on a new
+  connection without verification, and the certificate then shown is checked
+  here: self-signed (for 18), its names and its dates.
 
 The protocol engines never see any of this: they only announce
 :class:`~perditionpy.protocol.base.StartTLS`; the session wraps its socket here.
@@ -22,10 +28,12 @@ from __future__ import annotations
 # privileges are dropped and the standard library is out of reach: import it now.
 import _strptime  # type: ignore[import-not-found]  # noqa: F401
 import getpass
+import ipaddress
 import logging
 import os
 import socket
 import ssl
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +59,13 @@ _FLOOR = ssl.TLSVersion.TLSv1_2
 _NO_CHECK_TIME = 0x200000
 _DEFAULT_CA_PATH = "/etc/perdition/perdition.ca/"
 _MAX_PASSPHRASE = 1024
+# OpenSSL's verify codes the accept-self-signed options forgive, and which option does.
+_DEPTH_ZERO_SELF_SIGNED = 18  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+_SELF_SIGNED_IN_CHAIN = 19    # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+_SELF_SIGNED_OPTIONS = {
+    _DEPTH_ZERO_SELF_SIGNED: "ssl_cert_accept_self_signed",
+    _SELF_SIGNED_IN_CHAIN: "ssl_ca_accept_self_signed",
+}
 
 
 class TlsSetupError(PerditionError):
@@ -58,7 +73,12 @@ class TlsSetupError(PerditionError):
 
 
 class TlsError(Exception):
-    """One handshake failed; ``str()`` is the reason, for the log."""
+    """One handshake failed; ``str()`` is the reason, for the log.  ``verify_code``
+    is OpenSSL's X509_V_ERR_* when the certificate check failed."""
+
+    def __init__(self, reason: str, verify_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.verify_code = verify_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +122,9 @@ class TlsContexts:
         self._options = options
         self.listen = _server_context(options) if self.mode.listen else None
         self.outgoing = _client_context(options) if self.mode.outgoing else None
+        self._forgiven = _forgiven_codes(options, self.mode)
+        # The retry's context: the same versions and ciphers, no verification.
+        self._unverified = _unverified_context(options) if self._forgiven else None
 
     def accept(self, sock: socket.socket, timeout: float | None) -> ssl.SSLSocket:
         """The server side of a handshake with a client, on a duplicate of ``sock``.
@@ -121,13 +144,50 @@ class TlsContexts:
         name or address, checked against its certificate unless
         ``--ssl_no_cn_verify``).  ``sock`` is taken over."""
         assert self.outgoing is not None
+        again = _Reconnect(sock) if self._forgiven else None
         tls = self.outgoing.wrap_socket(sock, server_hostname=server or None,
                                         do_handshake_on_connect=False)
-        _handshake(tls, timeout)
-        if self.outgoing.verify_flags & _NO_CHECK_TIME:
-            _check_dates(tls, self._options)
+        try:
+            _handshake(tls, timeout)
+        except TlsError as exc:
+            if again is None or exc.verify_code not in self._forgiven:
+                raise
+            tls = self._accept_self_signed(again, server, timeout, exc)
+        else:
+            if self.outgoing.verify_flags & _NO_CHECK_TIME:
+                _check_dates(tls, tls.getpeercert() or {}, self._options)
         if self._options.debug:
             log.debug("SSL connection to %s using %s", server, tls.cipher())
+        return tls
+
+    def _accept_self_signed(self, again: _Reconnect, server: str, timeout: float | None,
+                            failure: TlsError) -> ssl.SSLSocket:
+        """The retry: a new connection, a handshake without verification, then
+        the checks OpenSSL would still have made had it been told to forgive
+        ``failure`` (perdition's verify callback)."""
+        assert self._unverified is not None and failure.verify_code is not None
+        try:
+            sock = again.connect(timeout)
+        except OSError as exc:
+            raise TlsError(f"{failure}; reconnecting to retry: "
+                           f"{exc.strerror or exc}") from None
+        tls = self._unverified.wrap_socket(sock, server_hostname=server or None,
+                                           do_handshake_on_connect=False)
+        _handshake(tls, timeout)
+        try:
+            cert = _peer_certificate(tls)
+            if failure.verify_code == _DEPTH_ZERO_SELF_SIGNED and \
+                    cert.get("issuer") != cert.get("subject"):
+                raise TlsError(f"{failure}; on retry the certificate was not self-signed")
+            if server and not self._options.ssl_no_cn_verify:
+                _check_names(cert, server)
+        except TlsError:
+            tls.close()
+            raise
+        _check_dates(tls, cert, self._options)
+        why = failure.args[0].removeprefix("certificate verify failed: ")
+        log.warning("warning: %s from server %s accepted (%s)", why, server,
+                    _SELF_SIGNED_OPTIONS[failure.verify_code])
         return tls
 
 
@@ -155,7 +215,8 @@ def _handshake(tls: ssl.SSLSocket, timeout: float | None) -> None:
         tls.do_handshake()
     except ssl.SSLCertVerificationError as exc:
         tls.close()
-        raise TlsError(f"certificate verify failed: {exc.verify_message}") from None
+        raise TlsError(f"certificate verify failed: {exc.verify_message}",
+                       exc.verify_code) from None
     except TimeoutError:
         tls.close()
         raise TlsError("handshake timed out") from None
@@ -167,9 +228,9 @@ def _handshake(tls: ssl.SSLSocket, timeout: float | None) -> None:
         raise TlsError(exc.strerror or str(exc) or "connection closed") from None
 
 
-def _check_dates(tls: ssl.SSLSocket, options: Any) -> None:
-    """The dates OpenSSL was told to skip, under the flag that covers each one."""
-    cert = tls.getpeercert() or {}
+def _check_dates(tls: ssl.SSLSocket, cert: dict[str, Any], options: Any) -> None:
+    """The dates OpenSSL was told to skip (or never checked: the retry of
+    :meth:`TlsContexts._accept_self_signed`), under the flag that covers each one."""
     now = time.time()
     if "notAfter" in cert and ssl.cert_time_to_seconds(str(cert["notAfter"])) < now:
         if not options.ssl_cert_accept_expired:
@@ -184,7 +245,103 @@ def _check_dates(tls: ssl.SSLSocket, options: Any) -> None:
                     "(accepted: ssl_cert_accept_not_yet_valid)")
 
 
+class _Reconnect:
+    """What it takes to open the same TCP connection again, noted before the
+    socket is handed to OpenSSL: only done for SSL from the first byte (a
+    STARTTLS handshake cannot be retried without the protocol dialogue, see
+    :func:`_forgiven_codes`)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._address = sock.getpeername()[:2]
+        self._options = [(level, name, sock.getsockopt(level, name)) for level, name in
+                         ((socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                          (socket.SOL_SOCKET, socket.SO_KEEPALIVE))]
+
+    def connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.create_connection(self._address, timeout=timeout)
+        for level, name, value in self._options:
+            sock.setsockopt(level, name, value)
+        return sock
+
+
+def _peer_certificate(tls: ssl.SSLSocket) -> dict[str, Any]:
+    """The back-end's certificate, decoded as ``getpeercert()`` would had it
+    been verified (unverified, ``getpeercert()`` is empty).  CPython decodes
+    only files, hence the temporary one."""
+    der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise TlsError("certificate verify failed: no certificate on retry")
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as handle:
+            handle.write(ssl.DER_cert_to_PEM_cert(der))
+            handle.flush()
+            return dict(ssl._ssl._test_decode_cert(handle.name))  # type: ignore[attr-defined]
+    except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError too
+        raise TlsError(f"certificate verify failed: cannot decode the certificate: "
+                       f"{_why(exc)}") from None
+
+
+def _check_names(cert: dict[str, Any], server: str) -> None:
+    """OpenSSL's host check as the verifying context makes it: an address
+    against IP subjectAltNames; a name against DNS ones (a leading ``*.``
+    covers one label), or the CN when there are none."""
+    names = cert.get("subjectAltName", ())
+    try:
+        address = ipaddress.ip_address(server)
+    except ValueError:
+        dns = [value for kind, value in names if kind == "DNS"]
+        if not dns:
+            dns = [value for rdn in cert.get("subject", ()) for key, value in rdn
+                   if key == "commonName"]
+        if any(_dns_matches(pattern, server) for pattern in dns):
+            return
+        raise TlsError("certificate verify failed: Hostname mismatch, certificate is "
+                       f"not valid for '{server}'.") from None
+    for kind, value in names:
+        if kind == "IP Address" and _same_address(value, address):
+            return
+    raise TlsError("certificate verify failed: IP address mismatch, certificate is "
+                   f"not valid for '{server}'.")
+
+
+def _dns_matches(pattern: str, host: str) -> bool:
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if pattern.startswith("*.") and "." in host:
+        return host.split(".", 1)[1] == pattern[2:]
+    return pattern == host
+
+
+def _same_address(text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return ipaddress.ip_address(text.strip()) == address
+    except ValueError:
+        return False
+
+
 # ------------------------------------------------------------------ building
+
+
+def _forgiven_codes(options: Any, wanted: TlsMode) -> frozenset[int]:
+    """The verify codes the accept-self-signed options forgive.  The retry needs
+    a new connection, which only SSL from the first byte can have: under
+    tls_outgoing the options stop the start rather than silently do nothing."""
+    codes = frozenset(code for code, name in _SELF_SIGNED_OPTIONS.items()
+                      if getattr(options, name))
+    if not codes or not wanted.outgoing or options.ssl_no_cert_verify:
+        return frozenset()
+    if not wanted.ssl_outgoing:
+        names = " and ".join(f"--{_SELF_SIGNED_OPTIONS[code]}" for code in sorted(codes))
+        raise TlsSetupError(f"{names} work with --ssl_mode ssl_outgoing only: a failed "
+                            "STARTTLS handshake cannot be retried")
+    return codes
+
+
+def _unverified_context(options: Any) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _common(ctx, options, "outgoing")
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _server_context(options: Any) -> ssl.SSLContext:

@@ -277,8 +277,6 @@ def test_explicit_lists_what_was_given() -> None:
 
 @pytest.mark.parametrize(("argv", "name"), [
     (["--ssl_cert_verify_depth", "3"], "ssl_cert_verify_depth"),
-    (["--ssl_cert_accept_self_signed"], "ssl_cert_accept_self_signed"),
-    (["--ssl_ca_accept_self_signed"], "ssl_ca_accept_self_signed"),
 ])
 def test_unimplemented_options_fail_loudly(argv: list[str], name: str) -> None:
     with pytest.raises(NotImplementedOption) as info:

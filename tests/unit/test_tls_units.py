@@ -8,8 +8,12 @@ test modules of one basename cannot be collected in one run.)
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import subprocess
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -295,3 +299,122 @@ def test_pop3_backend_stls_refused() -> None:
     talk(login, b"+OK\r\nSTLS\r\n.\r\n")
     assert talk(login, b"-ERR not now\r\n") == [
         LoginResult(LoginStatus.TLS_NOT_PRESENT, server_line=b"-ERR not now")]
+
+
+# ---------------------------------------------------------------- self-signed back-ends
+
+
+def outgoing(keypair: tuple[str, str], *argv: str) -> Options:
+    return opts("--ssl_mode", "ssl_outgoing", "--ssl_ca_file", keypair[0], *argv)
+
+
+@pytest.mark.parametrize(("argv", "codes"), [
+    ([], set()),
+    (["--ssl_cert_accept_self_signed"], {18}),
+    (["--ssl_ca_accept_self_signed"], {19}),
+    (["--ssl_cert_accept_self_signed", "--ssl_ca_accept_self_signed"], {18, 19}),
+    (["--ssl_cert_accept_self_signed", "--ssl_no_cert_verify"], set()),
+])
+def test_which_verify_failures_are_forgiven(keypair: tuple[str, str], argv: list[str],
+                                            codes: set[int]) -> None:
+    built = tls.TlsContexts(outgoing(keypair, *argv))
+    assert built._forgiven == codes
+    assert (built._unverified is not None) == bool(codes)
+
+
+def test_accept_self_signed_under_tls_outgoing_stops_the_start(keypair: tuple[str, str]) -> None:
+    options = opts("--ssl_mode", "tls_outgoing", "--ssl_ca_accept_self_signed",
+                   "--ssl_cert_accept_self_signed")
+    with pytest.raises(tls.TlsSetupError, match="--ssl_cert_accept_self_signed and "
+                       "--ssl_ca_accept_self_signed work with --ssl_mode ssl_outgoing only"):
+        tls.TlsContexts(options)
+    # Without outgoing TLS at all the options have nothing to act on.
+    assert tls.contexts(opts("--ssl_cert_accept_self_signed")) is None
+
+
+@pytest.mark.parametrize(("cert", "server", "ok"), [
+    ({"subjectAltName": (("DNS", "mail.example"),)}, "mail.example", True),
+    ({"subjectAltName": (("DNS", "MAIL.example."),)}, "mail.EXAMPLE", True),
+    ({"subjectAltName": (("DNS", "*.example"),)}, "mail.example", True),
+    ({"subjectAltName": (("DNS", "*.example"),)}, "a.mail.example", False),
+    ({"subjectAltName": (("DNS", "*.example"),)}, "example", False),
+    ({"subjectAltName": (("DNS", "other.example"),)}, "mail.example", False),
+    # The CN counts only when there are no DNS names.
+    ({"subject": ((("commonName", "mail.example"),),)}, "mail.example", True),
+    ({"subject": ((("commonName", "mail.example"),),),
+      "subjectAltName": (("DNS", "other.example"),)}, "mail.example", False),
+    ({"subjectAltName": (("IP Address", "127.0.0.1"),)}, "127.0.0.1", True),
+    ({"subjectAltName": (("IP Address", "0:0:0:0:0:0:0:1\n"),)}, "::1", True),
+    # An address is never matched by a DNS name or the CN.
+    ({"subject": ((("commonName", "127.0.0.1"),),),
+      "subjectAltName": (("DNS", "127.0.0.1"),)}, "127.0.0.1", False),
+])
+def test_host_names_on_the_retry(cert: dict[str, object], server: str, ok: bool) -> None:
+    if ok:
+        tls._check_names(cert, server)
+    else:
+        with pytest.raises(tls.TlsError, match="mismatch, certificate is not valid for"):
+            tls._check_names(cert, server)
+
+
+def _serve_tls(keypair: tuple[str, str], connections: int) -> tuple[socket.socket, threading.Thread]:
+    """A loopback TLS server showing the self-signed ``keypair``, ``connections`` times."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*keypair)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for _ in range(connections):
+            conn, _ = listener.accept()
+            with contextlib.suppress(OSError), conn:
+                with context.wrap_socket(conn, server_side=True) as session:
+                    session.sendall(b"hello\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _connect(built: tls.TlsContexts, listener: socket.socket, server: str) -> ssl.SSLSocket:
+    sock = socket.create_connection(listener.getsockname(), timeout=5)
+    return built.connect(sock, server, 5)
+
+
+def test_a_self_signed_backend_is_retried_and_accepted(
+    openssl: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Signed by nobody the proxy trusts: its own CA file is another certificate.
+    cert, key = tmp_path / "self.pem", tmp_path / "self.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    other = tmp_path / "other.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(tmp_path / "other.key"),
+                    "-out", str(other), "-days", "2", "-subj", "/CN=other"],
+                   check=True, capture_output=True)
+    strict = tls.TlsContexts(outgoing((str(other), ""), "--ssl_ca_path", ""))
+    lax = tls.TlsContexts(outgoing((str(other), ""), "--ssl_ca_path", "",
+                                   "--ssl_cert_accept_self_signed"))
+    listener, thread = _serve_tls((str(cert), str(key)), 7)  # 1 + 2 + 2 + 2
+    with listener:
+        with pytest.raises(tls.TlsError) as info:
+            _connect(strict, listener, "localhost")
+        assert info.value.verify_code == 18
+        assert str(info.value) == "certificate verify failed: self-signed certificate"
+        with caplog.at_level("WARNING", "perditionpy.tls"), \
+                _connect(lax, listener, "localhost") as session:
+            assert session.recv(100) == b"hello\r\n"
+        assert "warning: self-signed certificate from server localhost accepted " \
+               "(ssl_cert_accept_self_signed)" in caplog.text
+        # The retry still checks the name: the certificate has only CN=localhost.
+        with pytest.raises(tls.TlsError, match="IP address mismatch"):
+            _connect(lax, listener, "127.0.0.1")
+        # ... and the dates: three days on, it has expired.
+        later = time.time() + 3 * 86400
+        with monkeypatch.context() as patch:
+            patch.setattr(tls.time, "time", lambda: later)
+            with pytest.raises(tls.TlsError, match="certificate has expired"):
+                _connect(lax, listener, "localhost")
+        thread.join(5)

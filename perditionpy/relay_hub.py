@@ -1,0 +1,444 @@
+"""The post-login relay of every session in the process: one thread, one
+selector, every client ⇄ back-end pair.
+
+A session that has logged its client in hands the two sockets to :func:`hub`
+and its thread returns; an idle authenticated session then costs two
+descriptors and a few small objects, not a Python thread.  Per pair and per
+direction (a :class:`_Flow`) bytes wait in a bounded buffer; while it is full
+the source is not read (back-pressure).  Either side's EOF or error ends the
+pair, once what was already read has been written, as :func:`relay.relay` does.
+When the pair ends the hub closes both sockets and calls the session's
+``on_done`` with the byte counts (the session logs its ``Closing session`` line).
+
+Neither side TLS (and Linux): the bytes go socket → pipe → socket with
+``os.splice`` and never enter Python.  Pipes are lent to a direction only while
+bytes are in flight, so idle pairs hold none.  TLS sockets are read and written
+without blocking, ``SSLWantReadError``/``SSLWantWriteError`` turning into the
+readiness they ask for; decrypted bytes waiting inside OpenSSL (``pending()``)
+have no descriptor readiness, so such pairs are stepped again at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+from perditionpy import limits
+from perditionpy.relay import RelayResult
+from perditionpy.tls import close as close_socket
+
+__all__ = ["RelayHub", "hub", "splice_available"]
+
+log = logging.getLogger(__name__)
+
+OnDone = Callable[[RelayResult], None]
+Pipe = tuple[int, int, int]  # read end, write end, capacity
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+# How often idle timeouts are checked (perdition's -t is in seconds).
+_SCAN_INTERVAL = 1.0
+# Empty pipes kept for the next transfer instead of being closed.
+_SPARE_PIPES = 64
+
+
+# Largest single write to a TLS socket: one TLS record.
+_TLS_WRITE_CHUNK = 16 * 1024
+
+
+def splice_available() -> bool:
+    return hasattr(os, "splice") and hasattr(fcntl, "F_GETPIPE_SZ")
+
+
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if splice_available() else 0
+
+
+def _is_tls(sock: socket.socket) -> bool:
+    return isinstance(sock, ssl.SSLSocket)
+
+
+def _pending(sock: socket.socket) -> bool:
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+class _Pipes:
+    """Pipes for splice, lent to a direction only while bytes sit in them."""
+
+    def __init__(self) -> None:
+        self._free: list[Pipe] = []
+
+    def take(self) -> Pipe | None:
+        if self._free:
+            return self._free.pop()
+        try:
+            read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # out of descriptors: the caller copies instead
+            return None
+        return read_end, write_end, fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+
+    def give(self, pipe: Pipe) -> None:
+        if len(self._free) < _SPARE_PIPES:
+            self._free.append(pipe)
+        else:
+            _close_pipe(pipe)
+
+
+def _close_pipe(pipe: Pipe) -> None:
+    for fd in pipe[:2]:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class _Flow:
+    """One direction of a pair: bytes read from ``src`` wait here (in ``buf``,
+    or in a pipe when spliced) until written to ``dst``."""
+
+    __slots__ = ("src", "dst", "splice", "buf", "pipe", "held", "moved", "spliced",
+                 "read_on", "write_on", "active", "retry")
+
+    def __init__(self, src: socket.socket, dst: socket.socket, *, splice: bool) -> None:
+        self.src, self.dst, self.splice = src, dst, splice
+        self.buf = bytearray()
+        self.pipe: Pipe | None = None
+        self.held = 0      # bytes read and not yet written
+        self.moved = 0     # bytes written to dst
+        self.spliced = 0   # of which through a pipe
+        self.read_on = _READ   # what src must be ready for before reading (TLS may differ)
+        self.write_on = _WRITE
+        self.active = False
+        # OpenSSL wants a write that returned WANT_READ/WANT_WRITE retried with the
+        # same length ("bad write retry" otherwise), even though buf has grown since.
+        self.retry = 0
+
+    def room(self) -> int:
+        limit = self.pipe[2] if self.pipe is not None else limits.RELAY_BUFFER_SIZE
+        return limit - self.held
+
+    def fill(self, pipes: _Pipes) -> bool:
+        """Read what ``src`` has, as far as there is room; False at EOF or on an error."""
+        self.read_on = _READ
+        try:
+            if self.splice and not self.buf:
+                self.pipe = self.pipe or pipes.take()
+                if self.pipe is not None:
+                    return self._splice_in(self.pipe, pipes)
+            return self._recv_in()
+        except ssl.SSLWantReadError:
+            return True
+        except ssl.SSLWantWriteError:
+            self.read_on = _WRITE
+            return True
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+
+    def _splice_in(self, pipe: Pipe, pipes: _Pipes) -> bool:
+        try:
+            count = os.splice(self.src.fileno(), pipe[1], pipe[2] - self.held,
+                              flags=_SPLICE_FLAGS)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or self.held:
+                raise
+            # A socket the kernel cannot splice from: copy from now on.
+            self.splice, self.pipe = False, None
+            pipes.give(pipe)
+            return self._recv_in()
+        if count == 0:
+            return False
+        self.held += count
+        self.active = True
+        return True
+
+    def _recv_in(self) -> bool:
+        while self.room() > 0:
+            data = self.src.recv(self.room())
+            if not data:
+                return False
+            self.buf += data
+            self.held = len(self.buf)
+            self.active = True
+            if not _pending(self.src):
+                break
+        return True
+
+    def drain(self, pipes: _Pipes) -> bool:
+        """Write what waits to ``dst``; False on an error."""
+        if not self.held:
+            return True
+        self.write_on = _WRITE
+        try:
+            count = self._send()
+        except ssl.SSLWantReadError:
+            self.write_on = _READ
+            return True
+        except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        self.held -= count
+        self.moved += count
+        self.active = self.active or count > 0
+        if self.pipe is not None and not self.held:
+            pipes.give(self.pipe)
+            self.pipe = None
+        return True
+
+    def _send(self) -> int:
+        if self.buf:
+            size = self.retry or min(len(self.buf), _TLS_WRITE_CHUNK)
+            self.retry = size if _is_tls(self.dst) else 0
+            count = self.dst.send(self.buf[:size] if self.retry else self.buf)
+            self.retry = 0
+            del self.buf[:count]
+            return count
+        assert self.pipe is not None
+        count = os.splice(self.pipe[0], self.dst.fileno(), self.held, flags=_SPLICE_FLAGS)
+        self.spliced += count
+        return count
+
+    def release(self) -> None:
+        if self.pipe is not None:  # may still hold bytes: not fit to lend again
+            _close_pipe(self.pipe)
+            self.pipe = None
+
+
+class _Pair:
+    """A client and its back-end, relayed until either side ends."""
+
+    __slots__ = ("client", "server", "up", "down", "timeout", "on_done", "label", "last",
+                 "ending", "masks")
+
+    def __init__(self, client: socket.socket, server: socket.socket, *,
+                 timeout: float | None, on_done: OnDone, label: str, splice: bool) -> None:
+        self.client, self.server = client, server
+        self.up = _Flow(client, server, splice=splice)    # "received" in the Closing line
+        self.down = _Flow(server, client, splice=splice)  # "sent"
+        self.timeout, self.on_done, self.label = timeout, on_done, label
+        self.last = time.monotonic()
+        self.ending = False  # a side ended: only writing out what was read
+        self.masks = [0, 0]  # events registered for client, server
+
+    def step(self, pipes: _Pipes) -> bool:
+        """Move what can move without blocking; False when the pair is over."""
+        for flow in (self.up, self.down):
+            if not self.ending and flow.room() > 0 and not flow.fill(pipes):
+                self.ending = True
+            if not flow.drain(pipes):
+                return False
+        if self.up.active or self.down.active:
+            self.up.active = self.down.active = False
+            self.last = time.monotonic()
+        return not (self.ending and not self.up.held and not self.down.held)
+
+    def wanted(self, sock: socket.socket) -> int:
+        events = 0
+        for flow in (self.up, self.down):
+            if flow.src is sock and not self.ending and flow.room() > 0:
+                events |= flow.read_on
+            if flow.dst is sock and flow.held:
+                events |= flow.write_on
+        return events
+
+    def hot(self) -> bool:
+        """Decrypted bytes wait inside OpenSSL where no readiness will show them."""
+        return not self.ending and any(flow.room() > 0 and _pending(flow.src)
+                                       for flow in (self.up, self.down))
+
+    def result(self, timed_out: bool) -> RelayResult:
+        return RelayResult(self.up.moved, self.down.moved, timed_out=timed_out)
+
+
+class RelayHub:
+    """The relay thread of this process and the pairs it holds.
+
+    ``add`` hands a pair over (from any thread); ``active`` counts the pairs
+    held; ``close_all`` ends them all (shutdown); ``watch`` registers a callback
+    run after each pair ends.  The thread starts with the first pair.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._incoming: list[_Pair] = []
+        self._count = 0
+        self._close_all = False
+        self._watchers: list[Callable[[], None]] = []
+        self._thread: threading.Thread | None = None
+        self._waker: socket.socket | None = None
+        self._sel: selectors.BaseSelector | None = None
+        self._pairs: set[_Pair] = set()
+        self._pipes = _Pipes()
+        self.paths = {"splice": 0, "copy": 0}  # pairs started on each path
+
+    # -- any thread
+
+    def add(self, client: socket.socket, server: socket.socket, *, timeout: float | None,
+            on_done: OnDone, label: str = "") -> None:
+        """Relay ``client`` ⇄ ``server`` from now on; the hub owns and closes both."""
+        splice = splice_available() and not (_is_tls(client) or _is_tls(server))
+        pair = _Pair(client, server, timeout=timeout, on_done=on_done, label=label,
+                     splice=splice)
+        for sock in (client, server):
+            with contextlib.suppress(OSError):  # a dead socket ends the pair at its first step
+                sock.setblocking(False)
+        with self._lock:
+            self._start()
+            self._incoming.append(pair)
+            self._count += 1
+            self.paths["splice" if splice else "copy"] += 1
+        self._wake()
+
+    def active(self) -> int:
+        with self._lock:
+            return self._count
+
+    def close_all(self) -> None:
+        """End every pair held now (each still gets its ``on_done``)."""
+        with self._lock:
+            if self._thread is None:
+                return
+            self._close_all = True
+        self._wake()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers.append(callback)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
+        self._sel = selectors.DefaultSelector()
+        reader, self._waker = socket.socketpair()
+        reader.setblocking(False)
+        self._waker.setblocking(False)
+        self._sel.register(reader, _READ, None)
+        self._thread = threading.Thread(target=self._run, args=(reader,), name="relay-hub",
+                                        daemon=True)
+        self._thread.start()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            assert self._waker is not None
+            self._waker.send(b"\0")
+
+    # -- the relay thread
+
+    def _run(self, reader: socket.socket) -> None:
+        assert self._sel is not None
+        next_scan = time.monotonic() + _SCAN_INTERVAL
+        hot: list[_Pair] = []
+        while True:
+            try:
+                hot = self._turn(reader, hot, next_scan)
+                if time.monotonic() >= next_scan:
+                    self._end_idle()
+                    next_scan = time.monotonic() + _SCAN_INTERVAL
+            except Exception:  # keep relaying the other pairs
+                log.exception("Error in the relay thread")
+                time.sleep(_SCAN_INTERVAL)
+
+    def _turn(self, reader: socket.socket, hot: list[_Pair], next_scan: float) -> list[_Pair]:
+        """One wait and what it woke; returns the pairs to step again at once."""
+        assert self._sel is not None
+        wait = 0.0 if hot else max(0.0, next_scan - time.monotonic())
+        ready = {key.data for key, _ in self._sel.select(wait)}
+        if None in ready:
+            ready.discard(None)
+            with contextlib.suppress(OSError):
+                while reader.recv(4096):
+                    pass
+        ready.update(hot)
+        ready.update(self._take_incoming())
+        for pair in ready:
+            if pair in self._pairs:
+                self._step(pair)
+        # Only a read can leave bytes inside OpenSSL, and only stepped pairs read.
+        return [pair for pair in ready if pair in self._pairs and pair.hot()]
+
+    def _take_incoming(self) -> list[_Pair]:
+        with self._lock:
+            new, self._incoming = self._incoming, []
+            close_all, self._close_all = self._close_all, False
+        self._pairs.update(new)
+        if close_all:
+            for pair in list(self._pairs):
+                self._end(pair, timed_out=False)
+            return []
+        return new
+
+    def _step(self, pair: _Pair) -> None:
+        try:
+            going = pair.step(self._pipes)
+            if going:
+                self._register(pair)
+        except Exception:  # a bug must cost one pair, never the relay thread
+            log.exception("Fatal error relaying%s", pair.label)
+            going = False
+        if not going:
+            self._end(pair, timed_out=False)
+
+    def _register(self, pair: _Pair) -> None:
+        assert self._sel is not None
+        for side, sock in enumerate((pair.client, pair.server)):
+            events = pair.wanted(sock)
+            if events == pair.masks[side]:
+                continue
+            if not events:
+                self._sel.unregister(sock)
+            elif pair.masks[side]:
+                self._sel.modify(sock, events, pair)
+            else:
+                self._sel.register(sock, events, pair)
+            pair.masks[side] = events
+
+    def _end_idle(self) -> None:
+        now = time.monotonic()
+        for pair in list(self._pairs):
+            if pair.timeout is not None and now - pair.last >= pair.timeout:
+                self._end(pair, timed_out=True)
+
+    def _end(self, pair: _Pair, *, timed_out: bool) -> None:
+        assert self._sel is not None
+        self._pairs.discard(pair)
+        for side, sock in enumerate((pair.client, pair.server)):
+            if pair.masks[side]:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(sock)
+            close_socket(sock)
+        for flow in (pair.up, pair.down):
+            flow.release()
+        path = "splice" if pair.up.splice else "copy"
+        log.debug("relay: %s%s spliced=%d copied=%d", path, pair.label,
+                  pair.up.spliced + pair.down.spliced,
+                  pair.up.moved + pair.down.moved - pair.up.spliced - pair.down.spliced)
+        try:
+            pair.on_done(pair.result(timed_out))
+        except Exception:
+            log.exception("Fatal error ending the relay%s", pair.label)
+        with self._lock:
+            self._count -= 1
+            watchers = list(self._watchers)
+        for callback in watchers:
+            callback()
+
+
+_HUB: RelayHub | None = None
+_HUB_LOCK = threading.Lock()
+
+
+def hub() -> RelayHub:
+    """The relay hub of this process (one per process, like its listeners)."""
+    global _HUB
+    with _HUB_LOCK:
+        if _HUB is None:
+            _HUB = RelayHub()
+        return _HUB

@@ -1,0 +1,211 @@
+"""perditionpy.relay_hub over socketpairs: the path taken, back-pressure, EOF,
+shutdown, TLS.  Nothing here asserts on time; waits are only bounded."""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from perditionpy.relay import RelayResult
+from perditionpy.relay_hub import RelayHub, splice_available
+
+DEADLINE = 20.0
+
+
+class Ends:
+    """A pair handed to a hub: ``client`` and ``server`` are the far ends we drive."""
+
+    def __init__(self, hub: RelayHub, *, timeout: float | None = None,
+                 wrap_client: ssl.SSLContext | None = None,
+                 client_side: ssl.SSLContext | None = None) -> None:
+        self.client, hub_client = socket.socketpair()
+        hub_server, self.server = socket.socketpair()
+        for sock in (self.client, self.server):
+            sock.settimeout(DEADLINE)
+        if wrap_client is not None and client_side is not None:
+            hub_client, self.client = _tls_pair(wrap_client, client_side, hub_client,
+                                                self.client)
+        self.done = threading.Event()
+        self.result: RelayResult | None = None
+        hub.add(hub_client, hub_server, timeout=timeout, on_done=self._on_done, label=" test")
+
+    def _on_done(self, result: RelayResult) -> None:
+        self.result = result
+        self.done.set()
+
+    def finished(self) -> RelayResult:
+        assert self.done.wait(DEADLINE), "the pair did not end"
+        assert self.result is not None
+        return self.result
+
+
+def _tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hub_end: socket.socket,
+              far_end: socket.socket) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    hub_end.settimeout(DEADLINE)
+    box: list[ssl.SSLSocket] = []
+    accept = threading.Thread(target=lambda: box.append(
+        server_ctx.wrap_socket(hub_end, server_side=True)))
+    accept.start()
+    far = client_ctx.wrap_socket(far_end, server_hostname="localhost")
+    accept.join(DEADLINE)
+    return box[0], far
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(min(1 << 16, size - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _pattern(size: int, seed: int) -> bytes:
+    block = bytes((seed + i) % 251 for i in range(251))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _both_ways(ends: Ends, size: int, *, one_at_a_time: bool = False) -> None:
+    """Send ``size`` bytes each way.  ``one_at_a_time``: the far client end is an
+    SSLSocket, which one thread may not read while another writes it (OpenSSL
+    objects are not thread-safe), so the two directions run one after the other."""
+    up, down = _pattern(size, 1), _pattern(size, 7)
+    got: dict[str, bytes] = {}
+    readers = [threading.Thread(target=lambda: got.__setitem__("up", _read_exactly(ends.server, size))),
+               threading.Thread(target=lambda: got.__setitem__("down",
+                                                               _read_exactly(ends.client, size)))]
+    writer = threading.Thread(target=ends.server.sendall, args=(down,))
+    if one_at_a_time:
+        readers[0].start()
+        ends.client.sendall(up)
+        readers[0].join(DEADLINE)
+        writer.start()
+        got["down"] = _read_exactly(ends.client, size)
+        writer.join(DEADLINE)
+    else:
+        for thread in readers:
+            thread.start()
+        writer.start()
+        ends.client.sendall(up)
+        writer.join(DEADLINE)
+        for thread in readers:
+            thread.join(DEADLINE)
+    assert got["up"] == up and got["down"] == down
+
+
+@pytest.fixture
+def hub() -> RelayHub:
+    return RelayHub()
+
+
+@pytest.mark.skipif(not splice_available(), reason="os.splice needs Linux")
+def test_a_plain_pair_is_spliced_and_never_copied(hub: RelayHub,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="perditionpy.relay_hub")
+    ends = Ends(hub)
+    _both_ways(ends, 3 * 1024 * 1024 + 17)
+    ends.client.close()
+    result = ends.finished()
+    assert result == RelayResult(3 * 1024 * 1024 + 17, 3 * 1024 * 1024 + 17, timed_out=False)
+    assert hub.paths == {"splice": 1, "copy": 0}
+    assert f"relay: splice test spliced={2 * (3 * 1024 * 1024 + 17)} copied=0" in caplog.text
+
+
+def test_back_pressure_stops_reading_while_the_other_side_is_full(hub: RelayHub) -> None:
+    ends = Ends(hub)
+    ends.client.setblocking(False)
+    offered, accepted = _pattern(1 << 16, 3), 0
+    # Fill until the client's socket stays unwritable: the hub has stopped reading it.
+    while accepted < 256 * 1024 * 1024:
+        try:
+            accepted += ends.client.send(offered)
+        except BlockingIOError:
+            if not select.select([], [ends.client], [], 1.0)[1]:
+                break
+    assert accepted < 64 * 1024 * 1024, "the hub buffered without bound"
+    ends.client.settimeout(DEADLINE)
+    ends.client.shutdown(socket.SHUT_WR)
+    received = _read_exactly(ends.server, accepted + 1)
+    assert len(received) == accepted  # everything read was written before the end
+    assert ends.finished().received == accepted
+
+
+def test_either_side_ending_ends_the_pair_after_writing_what_was_read(hub: RelayHub) -> None:
+    ends = Ends(hub)
+    ends.server.sendall(b"* BYE\r\n")
+    ends.server.shutdown(socket.SHUT_WR)
+    assert _read_exactly(ends.client, 100) == b"* BYE\r\n"  # then EOF: the hub closed it
+    assert ends.finished() == RelayResult(0, 7, timed_out=False)
+    assert hub.active() == 0
+
+
+def test_close_all_ends_every_idle_pair_with_its_counts(hub: RelayHub) -> None:
+    pairs = [Ends(hub) for _ in range(5)]
+    pairs[0].client.sendall(b"a NOOP\r\n")
+    assert _read_exactly(pairs[0].server, 8) == b"a NOOP\r\n"
+    assert hub.active() == 5
+    hub.close_all()
+    results = [ends.finished() for ends in pairs]
+    assert results[0] == RelayResult(8, 0, timed_out=False)
+    assert all(result == RelayResult(0, 0, timed_out=False) for result in results[1:])
+    assert hub.active() == 0
+    assert all(ends.client.recv(10) == b"" for ends in pairs)
+
+
+def test_the_idle_timeout_ends_a_quiet_pair(hub: RelayHub) -> None:
+    busy, quiet = Ends(hub, timeout=None), Ends(hub, timeout=0.1)
+    assert quiet.finished().timed_out
+    assert not busy.done.is_set()
+    assert hub.active() == 1
+
+
+def test_watchers_hear_of_each_pair_that_ends(hub: RelayHub) -> None:
+    heard = threading.Semaphore(0)
+    hub.watch(heard.release)
+    ends = Ends(hub)
+    ends.client.close()
+    ends.finished()
+    assert heard.acquire(timeout=DEADLINE)
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    directory: Path = tmp_path_factory.mktemp("hub-tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+                        "-days", "2", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost"], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("openssl")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+@pytest.fixture
+def tls_ends(hub: RelayHub, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[Ends]:
+    ends = Ends(hub, wrap_client=tls_contexts[0], client_side=tls_contexts[1])
+    yield ends
+    ends.client.close()
+
+
+def test_a_tls_side_takes_the_copy_path_and_moves_everything(hub: RelayHub,
+                                                             tls_ends: Ends) -> None:
+    _both_ways(tls_ends, 2 * 1024 * 1024 + 5, one_at_a_time=True)
+    tls_ends.client.unwrap()  # close_notify: a clean EOF for the hub
+    result = tls_ends.finished()
+    assert result == RelayResult(2 * 1024 * 1024 + 5, 2 * 1024 * 1024 + 5, timed_out=False)
+    assert hub.paths == {"splice": 0, "copy": 1}
