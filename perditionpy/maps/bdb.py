@@ -31,12 +31,12 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from perditionpy.endpoints import UserServerPort, parse_user_server_port
+from perditionpy.endpoints import UserServerPort
 from perditionpy.errors import MapError, PerditionError
 from perditionpy.maps import _bdb_ffi
 from perditionpy.maps._bdb_ffi import BdbBinding
+from perditionpy.maps._popmap import Outage, c_key, load_library, parse_value
 from perditionpy.maps.base import LookupContext
-from perditionpy.protocol.base import decode_name, encode_name
 
 __all__ = ["DEFAULT_PATH", "READER_FLAGS", "BdbError", "BdbFile", "BdbMap", "load_binding",
            "open_bdb_map"]
@@ -204,7 +204,8 @@ class BdbMap:
         self._binding = binding if binding is not None else _load_binding()
         self._lock = threading.Lock()
         self._closed = False
-        self._available = True
+        self._outage = Outage(logger, until="it can be read",
+                              recovery="bdb map %s is readable again", subject=self.path)
         with self._lock:
             self._probe()
 
@@ -220,15 +221,7 @@ class BdbMap:
 
     def get(self, key: str, context: LookupContext) -> UserServerPort | None:
         """Look ``key`` up; ``None`` if absent or empty; ``MapError`` if unreadable."""
-        # perdition passes C strings: a key or value ends at its first NUL.
-        raw_key = encode_name(key).split(b"\0", 1)[0]
-        value = self._fetch(raw_key)
-        if value is None:
-            return None
-        text = decode_name(value.split(b"\0", 1)[0])
-        if not text:
-            return None
-        return parse_user_server_port(text, context.domain_delimiter)
+        return parse_value(self._fetch(c_key(key)), context)
 
     def _fetch(self, key: bytes) -> bytes | None:
         with self._lock:
@@ -239,7 +232,7 @@ class BdbMap:
                     value = db.fetch(key)
             except BdbError as exc:
                 raise self._unavailable(str(exc)) from exc
-            self._note_available()
+            self._outage.recovered()
             return value
 
     def close(self) -> None:
@@ -249,24 +242,11 @@ class BdbMap:
 
     def _unavailable(self, reason: str) -> MapError:
         """The error for a failed lookup; logs the first of a run of failures."""
-        error = MapError(self.name, f"cannot read {self.path}: {reason}")
-        if self._available:
-            self._available = False
-            logger.warning("%s; lookups fail (falling back to --outgoing_server) "
-                           "until it can be read", error)
-        return error
-
-    def _note_available(self) -> None:
-        if not self._available:
-            self._available = True
-            logger.info("bdb map %s is readable again", self.path)
+        return self._outage.failed(MapError(self.name, f"cannot read {self.path}: {reason}"))
 
 
 def _load_binding() -> BdbBinding:
-    try:
-        return load_binding()
-    except OSError as exc:
-        raise MapError(BdbMap.name, f"cannot load {_bdb_ffi.BDB_LIBRARY}: {exc}") from exc
+    return load_library(BdbMap.name, _bdb_ffi.BDB_LIBRARY, load_binding)
 
 
 def open_bdb_map(options: str) -> BdbMap:

@@ -18,7 +18,8 @@ Owns two things:
 perdition opens the file on every lookup, so a rebuilt database takes effect
 at once and a missing file only makes lookups fail.  We keep the file open but
 ``stat()`` it before each lookup and reopen it when it was replaced (``cdb -c``
-renames a new file over the old one) or rewritten.
+renames a new file over the old one) or rewritten
+(:class:`~perditionpy.maps._watched_file.WatchedFile`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import threading
-import time
 from types import TracebackType
 
-from perditionpy.endpoints import UserServerPort, parse_user_server_port
-from perditionpy.errors import MapError, PerditionError
+from perditionpy.endpoints import UserServerPort
+from perditionpy.errors import PerditionError
+from perditionpy.maps._popmap import c_key, parse_value
+from perditionpy.maps._watched_file import WatchedFile
 from perditionpy.maps.base import LookupContext
-from perditionpy.protocol.base import decode_name, encode_name
 
 __all__ = ["DEFAULT_PATH", "CdbError", "CdbFile", "CdbMap", "cdb_hash", "open_cdb_map"]
 
@@ -48,11 +48,6 @@ _TABLES = 256
 _PAIR = struct.Struct("<II")
 _HASH_START = 5381
 _WORD = 0xFFFFFFFF
-
-# File timestamps advance in coarse ticks: until the file has been left alone
-# this long, every lookup reopens it (see the GDBM map).
-_SETTLE_SECONDS = 2.0
-
 
 class CdbError(PerditionError):
     """A CDB file could not be opened or is not a well-formed constant database."""
@@ -150,14 +145,6 @@ class CdbFile:
         self.close()
 
 
-# What identifies one version of the file: replaced (inode) or rewritten in place.
-_Identity = tuple[int, int, int, int, int]
-
-
-def _identity(result: os.stat_result) -> _Identity:
-    return (result.st_dev, result.st_ino, result.st_size, result.st_mtime_ns, result.st_ctime_ns)
-
-
 class CdbMap:
     """perdition's CDB map: ``-m`` names the file, ``key`` → ``[user@]host[:port]``."""
 
@@ -165,98 +152,20 @@ class CdbMap:
 
     def __init__(self, options: str = "") -> None:
         self.path = options or DEFAULT_PATH
-        self._lock = threading.Lock()
-        self._file: CdbFile | None = None
-        self._opened: _Identity | None = None
-        self._settled = False
-        self._closed = False
-        self._available = True
-        with self._lock:
-            self._try_first_open()
+        self._watched = WatchedFile(self.name, self.path, open_file=CdbFile.open,
+                                    error=CdbError, describe=str, logger=logger)
 
     def __repr__(self) -> str:
         return f"CdbMap({self.path!r})"
 
     def get(self, key: str, context: LookupContext) -> UserServerPort | None:
         """Look ``key`` up; ``None`` if absent or empty; ``MapError`` if unreadable."""
-        # perdition passes C strings: a key or value ends at its first NUL.
-        raw_key = encode_name(key).split(b"\0", 1)[0]
-        value = self._fetch(raw_key)
-        if value is None:
-            return None
-        text = decode_name(value.split(b"\0", 1)[0])
-        if not text:
-            return None
-        return parse_user_server_port(text, context.domain_delimiter)
+        raw_key = c_key(key)
+        return parse_value(self._watched.read(lambda file: file.get(raw_key)), context)
 
     def close(self) -> None:
         """Close the file.  Idempotent; lookups afterwards raise ``MapError``."""
-        with self._lock:
-            self._closed = True
-            self._drop_file()
-
-    def _try_first_open(self) -> None:
-        # A missing file is not fatal (perdition opens it per lookup):
-        # lookups fail until it appears.  _unavailable() logs it.
-        try:
-            self._current_file()
-        except MapError:
-            pass
-
-    def _fetch(self, key: bytes) -> bytes | None:
-        with self._lock:
-            if self._closed:
-                raise MapError(self.name, f"{self.path}: map is closed")
-            try:
-                value = self._current_file().get(key)
-            except CdbError as exc:
-                self._drop_file()
-                raise self._unavailable(str(exc)) from exc
-            self._note_available()
-            return value
-
-    def _current_file(self) -> CdbFile:
-        """The open database, (re)opened if the file changed since; lock held."""
-        try:
-            status = os.stat(self.path)
-        except OSError as exc:
-            self._drop_file()
-            raise self._unavailable(f"{self.path}: {exc.strerror or exc}") from exc
-        identity = _identity(status)
-        if self._file is not None and identity == self._opened and self._settled:
-            return self._file
-        return self._reopen(identity, time.time() - status.st_mtime > _SETTLE_SECONDS)
-
-    def _reopen(self, identity: _Identity, settled: bool) -> CdbFile:
-        if self._file is not None and identity != self._opened:
-            logger.debug("cdb map %s changed on disk; reopening it", self.path)
-        self._drop_file()
-        try:
-            file = CdbFile.open(self.path)
-        except CdbError as exc:
-            raise self._unavailable(str(exc)) from exc
-        self._file, self._opened, self._settled = file, identity, settled
-        return file
-
-    def _drop_file(self) -> None:
-        file, self._file, self._opened = self._file, None, None
-        if file is not None:
-            file.close()
-
-    def _unavailable(self, reason: str) -> MapError:
-        """The error for a failed lookup; logs the first of a run of failures."""
-        error = MapError(self.name, f"cannot read {reason}")
-        if self._available:
-            self._available = False
-            logger.warning(
-                "%s; lookups fail (falling back to --outgoing_server) until it can be read", error
-            )
-        return error
-
-    def _note_available(self) -> None:
-        if not self._available:
-            self._available = True
-            logger.info("cdb map %s is readable again", self.path)
+        self._watched.close()
 
 
 def open_cdb_map(options: str) -> CdbMap:

@@ -14,7 +14,8 @@ perdition opens the database on every lookup, so a popmap rebuilt with
 makegdbm takes effect at once and a missing file only makes lookups fail (the
 session then falls back to ``--outgoing_server``).  We open once and keep the
 handle, but ``stat()`` the file before each lookup and reopen it when it was
-replaced or rewritten, which keeps both behaviours.  The handle is opened
+replaced or rewritten, which keeps both behaviours
+(:class:`~perditionpy.maps._watched_file.WatchedFile`).  The handle is opened
 without locks (so makegdbm is never refused while we hold it) and without
 mmap (so a file truncated under us gives a read error, not SIGBUS).
 """
@@ -23,17 +24,16 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from types import TracebackType
 from typing import Any
 
-from perditionpy.endpoints import UserServerPort, parse_user_server_port
-from perditionpy.errors import MapError, PerditionError
+from perditionpy.endpoints import UserServerPort
+from perditionpy.errors import PerditionError
 from perditionpy.maps import _gdbm_ffi
 from perditionpy.maps._gdbm_ffi import GdbmBinding
+from perditionpy.maps._popmap import c_key, load_library, parse_value
+from perditionpy.maps._watched_file import WatchedFile
 from perditionpy.maps.base import LookupContext
-from perditionpy.protocol.base import decode_name, encode_name
 
 __all__ = ["DEFAULT_PATH", "GdbmError", "GdbmFile", "GdbmMap", "open_gdbm_map"]
 
@@ -45,11 +45,6 @@ DEFAULT_PATH = "/etc/perdition/popmap.gdbm.db"
 
 # gdbm_error codes that end a key walk rather than report a failure.
 _END_OF_KEYS = frozenset({0, _gdbm_ffi.GDBM_ITEM_NOT_FOUND})
-
-# File timestamps advance in coarse ticks, so a write that ends in the tick we
-# stat()ed the file in leaves no trace.  Until the file has been left alone
-# this long, every lookup reopens it (as perdition always does).
-_SETTLE_SECONDS = 2.0
 
 # What a reader's open looks like: see the module docstring for why.
 _READER_FLAGS = (
@@ -182,15 +177,6 @@ class GdbmFile:
         self.close()
 
 
-# What identifies one version of the file: replaced (inode) or rewritten in place.
-_Identity = tuple[int, int, int, int, int]
-
-
-def _identity(result: os.stat_result) -> _Identity:
-    return (result.st_dev, result.st_ino, result.st_size, result.st_mtime_ns,
-            result.st_ctime_ns)
-
-
 class GdbmMap:
     """perdition's GDBM map: ``-m`` names the file, ``key`` → ``[user@]host[:port]``."""
 
@@ -199,107 +185,33 @@ class GdbmMap:
     def __init__(self, options: str = "", *, binding: GdbmBinding | None = None) -> None:
         self.path = options or DEFAULT_PATH
         self._binding = binding if binding is not None else _load_binding()
-        self._lock = threading.Lock()
-        self._file: GdbmFile | None = None
-        self._opened: _Identity | None = None
-        self._settled = False
-        self._closed = False
-        self._available = True
-        with self._lock:
-            self._try_first_open()
+        # Like perdition, start without the file: lookups fail (and sessions
+        # fall back to --outgoing_server) until it appears.
+        self._watched = WatchedFile(self.name, self.path, open_file=self._open,
+                                    error=GdbmError, describe=self._describe, logger=logger)
 
     def __repr__(self) -> str:
         return f"GdbmMap({self.path!r})"
 
     def get(self, key: str, context: LookupContext) -> UserServerPort | None:
         """Look ``key`` up; ``None`` if absent or empty; ``MapError`` if unreadable."""
-        # perdition passes C strings: a key or value ends at its first NUL.
-        raw_key = encode_name(key).split(b"\0", 1)[0]
-        value = self._fetch(raw_key)
-        if value is None:
-            return None
-        text = decode_name(value.split(b"\0", 1)[0])
-        if not text:
-            return None
-        return parse_user_server_port(text, context.domain_delimiter)
+        raw_key = c_key(key)
+        return parse_value(self._watched.read(lambda file: file.fetch(raw_key)), context)
 
     def close(self) -> None:
         """Close the database file.  Idempotent; lookups afterwards raise ``MapError``."""
-        with self._lock:
-            self._closed = True
-            self._drop_file()
+        self._watched.close()
 
-    def _try_first_open(self) -> None:
-        # Like perdition, start without the file: lookups fail (and sessions fall
-        # back to --outgoing_server) until it appears.  _unavailable() logs it.
-        try:
-            self._current_file()
-        except MapError:
-            pass
+    def _open(self, path: str) -> GdbmFile:
+        return GdbmFile.open(path, _READER_FLAGS, binding=self._binding)
 
-    def _fetch(self, key: bytes) -> bytes | None:
-        with self._lock:
-            if self._closed:
-                raise MapError(self.name, f"{self.path}: map is closed")
-            try:
-                value = self._current_file().fetch(key)
-            except GdbmError as exc:
-                self._drop_file()
-                raise self._unavailable(str(exc)) from exc
-            self._note_available()
-            return value
-
-    def _current_file(self) -> GdbmFile:
-        """The open database, (re)opened if the file changed since; lock held."""
-        try:
-            status = os.stat(self.path)
-        except OSError as exc:
-            self._drop_file()
-            raise self._unavailable(exc.strerror or str(exc)) from exc
-        identity = _identity(status)
-        if self._file is not None and identity == self._opened and self._settled:
-            return self._file
-        return self._reopen(identity, time.time() - status.st_mtime > _SETTLE_SECONDS)
-
-    def _reopen(self, identity: _Identity, settled: bool) -> GdbmFile:
-        if self._file is not None and identity != self._opened:
-            logger.debug("gdbm map %s changed on disk; reopening it", self.path)
-        self._drop_file()
-        try:
-            file = GdbmFile.open(self.path, _READER_FLAGS, binding=self._binding)
-        except GdbmError as exc:
-            raise self._unavailable(str(exc)) from exc
-        self._file, self._opened, self._settled = file, identity, settled
-        return file
-
-    def _drop_file(self) -> None:
-        file, self._file, self._opened = self._file, None, None
-        if file is not None:
-            try:
-                file.close()
-            except GdbmError as exc:
-                logger.debug("gdbm map %s: closing: %s", self.path, exc)
-
-    def _unavailable(self, reason: str) -> MapError:
-        """The error for a failed lookup; logs the first of a run of failures."""
-        error = MapError(self.name, f"cannot read {self.path}: {reason}")
-        if self._available:
-            self._available = False
-            logger.warning("%s; lookups fail (falling back to --outgoing_server) "
-                           "until it can be read", error)
-        return error
-
-    def _note_available(self) -> None:
-        if not self._available:
-            self._available = True
-            logger.info("gdbm map %s is readable again", self.path)
+    def _describe(self, error: Exception) -> str:
+        # libgdbm's messages do not name the file.
+        return f"{self.path}: {error}"
 
 
 def _load_binding() -> GdbmBinding:
-    try:
-        return _gdbm_ffi.load()
-    except OSError as exc:
-        raise MapError(GdbmMap.name, f"cannot load {_gdbm_ffi.GDBM_LIBRARY}: {exc}") from exc
+    return load_library(GdbmMap.name, _gdbm_ffi.GDBM_LIBRARY, _gdbm_ffi.load)
 
 
 def open_gdbm_map(options: str) -> GdbmMap:

@@ -31,12 +31,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from perditionpy.endpoints import UserServerPort, parse_user_server_port
+from perditionpy.endpoints import UserServerPort
 from perditionpy.errors import MapError, PerditionError
 from perditionpy.maps import _nis_ffi
 from perditionpy.maps._nis_ffi import NisBinding
+from perditionpy.maps._popmap import Outage, c_key, load_library, parse_value
 from perditionpy.maps.base import LookupContext
-from perditionpy.protocol.base import decode_name, encode_name
+from perditionpy.protocol.base import encode_name
 
 __all__ = ["DEFAULT_MAP", "DEFAULT_TIMEOUT", "NisClient", "NisError", "NisMap", "open_nis_map"]
 
@@ -183,24 +184,18 @@ class NisMap:
         self.timeout = timeout
         self._client = NisClient(binding if binding is not None else _load_binding())
         self._closed = False
-        self._available = True
+        self._outage = Outage(logger, until="NIS answers",
+                              recovery="NIS map %s answers again", subject=self.map_name)
 
     def __repr__(self) -> str:
         return f"NisMap({self.map_name!r})"
 
     def get(self, key: str, context: LookupContext) -> UserServerPort | None:
         """Look ``key`` up; ``None`` if absent or empty; ``MapError`` if NIS can't answer."""
-        # perdition passes C strings: a key or value ends at its first NUL.
-        raw_key = encode_name(key).split(b"\0", 1)[0]
+        raw_key = c_key(key)
         if not raw_key:
             return None  # yp_match refuses empty keys (YPERR_BADARGS); no entry has one
-        value = self._fetch(raw_key)
-        if value is None:
-            return None
-        text = decode_name(value.split(b"\0", 1)[0])
-        if not text:
-            return None
-        return parse_user_server_port(text, context.domain_delimiter)
+        return parse_value(self._fetch(raw_key), context)
 
     def close(self) -> None:
         """Nothing to release (libnsl keeps its bindings); later lookups raise ``MapError``."""
@@ -213,7 +208,7 @@ class NisMap:
             value = _WORKER.call(lambda: self._match(key), self.timeout)
         except (NisError, _NisTimeout) as exc:
             raise self._unavailable(str(exc)) from exc
-        self._note_available()
+        self._outage.recovered()
         return value
 
     def _match(self, key: bytes) -> bytes | None:
@@ -231,24 +226,11 @@ class NisMap:
     def _unavailable(self, reason: str) -> MapError:
         """The error for a failed lookup; logs the first of a run of failures."""
         error = MapError(self.name, f"cannot look up in NIS map {self.map_name}: {reason}")
-        if self._available:
-            self._available = False
-            logger.warning(
-                "%s; lookups fail (falling back to --outgoing_server) until NIS answers", error
-            )
-        return error
-
-    def _note_available(self) -> None:
-        if not self._available:
-            self._available = True
-            logger.info("NIS map %s answers again", self.map_name)
+        return self._outage.failed(error)
 
 
 def _load_binding() -> NisBinding:
-    try:
-        return _nis_ffi.load()
-    except OSError as exc:
-        raise MapError(NisMap.name, f"cannot load {_nis_ffi.NSL_LIBRARY}: {exc}") from exc
+    return load_library(NisMap.name, _nis_ffi.NSL_LIBRARY, _nis_ffi.load)
 
 
 def open_nis_map(options: str) -> NisMap:

@@ -4,7 +4,8 @@ Compatible with perdition 2.2's makebdb: the same arguments
 (``makebdb [-h|--help] [-u|--undo] bdbname``), a Berkeley DB 5.3 *hash*
 database (what perdition's ``libperditiondb_bdb`` opens), keys and values
 stored without a NUL.  The input syntax is makegdbm's (see
-:mod:`perditionpy.tools.makegdbm`, whose parser this reuses): one
+:mod:`perditionpy.tools.makegdbm`; both use
+:mod:`perditionpy.tools._popmap_tool`): one
 ``key:value`` a line, split at the first ``:``, both kept byte for byte; blank
 lines skipped; a bad line reported and skipped; the first of duplicate keys
 wins.
@@ -19,106 +20,39 @@ and the new file replaces the old one atomically when the directory allows it
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
-from perditionpy import __version__
 from perditionpy.maps._bdb_ffi import DB_CREATE, DB_TRUNCATE
 from perditionpy.maps.bdb import READER_FLAGS, BdbError, BdbFile
-from perditionpy.tools.makegdbm import (
+from perditionpy.tools._popmap_tool import (
     EXIT_FAILURE,
-    Entry,
-    InvalidLine,
-    UsageRequest,
-    parse_args,
+    Command,
     parse_popmap,
+    report_failure,
+    run,
+    usage,
+    write_database,
 )
 
 __all__ = ["build", "undo", "main", "USAGE"]
 
-USAGE = (
-    f"perditionpy version {__version__}\n"
-    "\n"
-    "Usage: makebdb [options] bdbname\n"
-    "   options: -h, --help: print this message\n"
-    "            -u, --undo: print content of database file, one entry a line\n"
-)
+USAGE = usage("makebdb", "bdbname")
 
 _WRITER_FLAGS = DB_CREATE | DB_TRUNCATE
 
 
-def _creation_mode() -> int:
-    """0644 less the umask, as DB->open(…, 0644) would create the file."""
-    # The umask can only be read by setting it; makebdb is single-threaded.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o644 & ~mask
-
-
-def _temporary_path(target: str) -> str | None:
-    """A fresh empty file next to ``target``, or ``None`` if its directory is not writable."""
-    directory, name = os.path.split(target)
-    try:
-        handle, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
-    except PermissionError:
-        return None
-    os.close(handle)
-    return path
-
-
-def _install(temporary: str, target: str) -> None:
-    """Give ``temporary`` the old file's mode and owner (if any), sync it, rename it."""
-    try:
-        old = os.stat(target)
-    except FileNotFoundError:
-        os.chmod(temporary, _creation_mode())
-    else:
-        os.chmod(temporary, old.st_mode & 0o7777)
-        try:
-            os.chown(temporary, old.st_uid, old.st_gid)
-        except PermissionError:
-            pass  # only root can give a file away; the owner is then ours
-    descriptor = os.open(temporary, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, target)
-
-
-def _store_all(db: BdbFile, items: Iterable[Entry | InvalidLine], err: BinaryIO) -> None:
-    for item in items:
-        if isinstance(item, InvalidLine):
-            err.write(b"makebdb: invalid input on line: %d\n" % item.lineno)
-        elif not db.store(item.key, item.value):
-            err.write(b"makebdb: duplicate key: " + item.key + b"\n")
-
-
-def _write_database(mapname: str, items: Iterable[Entry | InvalidLine], err: BinaryIO) -> None:
-    """Write ``items`` to a new database at ``mapname`` (atomically when possible)."""
-    target = os.path.realpath(mapname)
-    temporary = _temporary_path(target)
-    try:
-        with BdbFile.open(temporary or target, _WRITER_FLAGS, mode=0o644) as db:
-            _store_all(db, items, err)
-        if temporary is not None:
-            _install(temporary, target)
-    except BaseException:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+def _open_new(path: str) -> BdbFile:
+    return BdbFile.open(path, _WRITER_FLAGS, mode=0o644)
 
 
 def build(mapname: str, source: Iterable[bytes], err: BinaryIO) -> int:
     """Create ``mapname`` from popmap lines; the exit status."""
     try:
-        _write_database(mapname, parse_popmap(source), err)
+        write_database("makebdb", mapname, parse_popmap(source), err, _open_new)
     except (BdbError, OSError) as exc:
-        err.write(f"makebdb: {mapname}: {exc}\n".encode("utf-8", "surrogateescape"))
-        return EXIT_FAILURE
+        return report_failure("makebdb", mapname, exc, err)
     return 0
 
 
@@ -129,21 +63,11 @@ def undo(mapname: str, out: BinaryIO, err: BinaryIO) -> int:
             for key, value in db.items():
                 out.write(key + b":" + value + b"\n")
     except BdbError as exc:
-        err.write(f"makebdb: {mapname}: {exc}\n".encode("utf-8", "surrogateescape"))
-        return EXIT_FAILURE
+        return report_failure("makebdb", mapname, exc, err)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``makebdb`` console script."""
-    arguments = sys.argv[1:] if argv is None else argv
-    try:
-        command = parse_args(arguments)
-    except UsageRequest as request:
-        if request.message:
-            sys.stderr.write(request.message + "\n")
-        (sys.stdout if request.status == 0 else sys.stderr).write(USAGE)
-        return request.status
+def _dispatch(command: Command) -> int:
     try:
         if command.undo:
             return undo(command.mapname, sys.stdout.buffer, sys.stderr.buffer)
@@ -151,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # libdb could not be loaded
         sys.stderr.write(f"makebdb: {exc}\n")
         return EXIT_FAILURE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``makebdb`` console script."""
+    return run(sys.argv[1:] if argv is None else argv, USAGE, _dispatch)
 
 
 if __name__ == "__main__":
