@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import imaplib
-import importlib.util
 import poplib
 import re
 import socket
@@ -264,10 +263,6 @@ def test_sends_garbage_then_closes() -> None:
 # --------------------------------------------------------------------------- perdition 2.2
 
 
-def _perditionpy_ready() -> bool:
-    return importlib.util.find_spec("perditionpy.options") is not None
-
-
 @pytest.fixture(params=["perdition", "perditionpy"])
 def run_proxy(
     request: pytest.FixtureRequest,
@@ -275,8 +270,6 @@ def run_proxy(
 ) -> Callable[..., Proc]:
     """Start the reference perdition 2.2, or perditionpy, with the same arguments."""
     if request.param == "perditionpy":
-        if not _perditionpy_ready():
-            pytest.skip("perditionpy's option loader (perditionpy.options) is not written yet")
         run: Callable[..., Proc] = request.getfixturevalue("run_perditionpy")
         return run
     return run_perdition
