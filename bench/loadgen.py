@@ -9,12 +9,16 @@ Three workloads, each printing one JSON object on stdout when it is done:
   connect-to-authenticated latencies (p50/p99) and the CPU this process used, so a
   saturated generator shows up in the numbers.
 * ``relay``: one client logs in and fetches message 1 (IMAP ``FETCH 1 BODY.PEEK[]``, POP3
-  ``RETR 1``) ``--repeat`` times; reports MB/s of the fetch alone (10^6 bytes/s).
+  ``RETR 1``) ``--repeat`` times; reports MB/s of the fetch alone (10^6 bytes/s) and
+  the CPU share this process used meanwhile (near 1.0: the generator is the limit).
 * ``idle``: opens ``--count`` authenticated connections (``--concurrency`` at a time),
   prints a ``{"ready": ...}`` line, holds them until a line arrives on stdin (or
-  ``--hold`` seconds pass), then logs them all out and prints the final summary.
+  ``--hold`` seconds pass), then logs them all out and prints the final summary:
+  ``logged_out`` counts the sessions whose LOGOUT was answered OK, i.e. that stayed
+  up, end to end, for the whole hold.
 
-Accounts are ``<prefix><n>`` for n in ``range(--users)``, all with ``--password``.
+``--tls`` speaks TLS from the first byte (IMAPS/POP3S) through asyncio's streams;
+without it, bare sockets. Accounts are ``<prefix><n>`` for n in ``range(--users)``, all with ``--password``.
 Everything is bounded: every read has ``--io-timeout``, every loop a count and a clock.
 Only loopback addresses are accepted.
 """
@@ -24,10 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import resource
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +47,8 @@ _MAX_LINE = 64 * 1024
 _ERROR_SAMPLES = 5
 # The end of a POP3 multi-line response: CRLF, a dot, CRLF.
 _POP3_END = b"\r\n.\r\n"
+# A TLS stream buffers up to about twice this before it stops reading the socket.
+_STREAM_LIMIT = 4 * _RECV_SIZE
 
 
 class ProtocolFailure(Exception):
@@ -51,29 +59,29 @@ class ProtocolFailure(Exception):
 
 
 class Conn:
-    """One client socket on the running loop, with a line buffer."""
+    """One client connection on the running loop, with a line buffer.
 
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self.sock = sock
+    Subclasses move the bytes: :class:`PlainConn` on a bare socket (the cheapest
+    path, so the generator is not the limit), :class:`TlsConn` through asyncio's
+    TLS streams.
+    """
+
+    def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.buf = bytearray()
-        self.loop = asyncio.get_running_loop()
 
-    @classmethod
-    async def open(cls, host: str, port: int, timeout: float) -> Conn:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            loop = asyncio.get_running_loop()
-            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock, timeout)
+    async def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes as they arrive; ``b""`` when the server has closed."""
+        raise NotImplementedError
+
+    async def send(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     async def _fill(self) -> None:
-        data = await asyncio.wait_for(self.loop.sock_recv(self.sock, _RECV_SIZE), self.timeout)
+        data = await asyncio.wait_for(self.recv(_RECV_SIZE), self.timeout)
         if not data:
             raise ConnectionError(f"server closed; pending {bytes(self.buf[:80])!r}")
         self.buf += data
@@ -115,17 +123,88 @@ class Conn:
             del self.buf[: max(len(self.buf) - keep, 0)]
             await self._fill()
 
-    async def send(self, data: bytes) -> None:
-        await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), self.timeout)
-
     async def wait_close(self) -> None:
         """Read until the server closes (it closes first after LOGOUT/QUIT)."""
         with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
-            while await asyncio.wait_for(self.loop.sock_recv(self.sock, 4096), self.timeout):
+            while await asyncio.wait_for(self.recv(4096), self.timeout):
                 pass
+
+
+class PlainConn(Conn):
+    """A bare non-blocking socket driven with the loop's ``sock_*`` calls."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__(timeout)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float) -> PlainConn:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, timeout)
+
+    async def recv(self, size: int) -> bytes:
+        return await self.loop.sock_recv(self.sock, size)
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), self.timeout)
 
     def close(self) -> None:
         self.sock.close()
+
+
+class TlsConn(Conn):
+    """TLS from the first byte (IMAPS/POP3S), through ``asyncio.open_connection``.
+
+    The server's certificate is not checked: the bench's is self-signed, and only
+    loopback is ever dialled.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float) -> None:
+        super().__init__(timeout)
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float) -> TlsConn:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=_client_context(), limit=_STREAM_LIMIT),
+            timeout)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer, timeout)
+
+    async def recv(self, size: int) -> bytes:
+        try:
+            return await self.reader.read(size)
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"TLS: {exc}") from exc
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), self.timeout)
+
+    def close(self) -> None:
+        # No close_notify wait: the session is over (or failed) either way.
+        self.writer.transport.abort()
+
+
+@functools.cache
+def _client_context() -> ssl.SSLContext:
+    """One client context for the whole run (building one per connection is costly)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 # --------------------------------------------------------------------------- dialogues
@@ -238,6 +317,7 @@ class Target:
     users: tuple[str, ...]
     password: str
     timeout: float
+    tls: bool = False
 
     def user(self, index: int) -> str:
         return self.users[index % len(self.users)]
@@ -245,7 +325,8 @@ class Target:
     async def session(self, index: int) -> tuple[Imap | Pop3, float]:
         """Connect and log in; return the dialogue and the connect-to-authenticated time."""
         started = time.perf_counter()
-        conn = await Conn.open(self.host, self.port, self.timeout)
+        opener = TlsConn.open if self.tls else PlainConn.open
+        conn: Conn = await opener(self.host, self.port, self.timeout)
         try:
             dialogue = PROTOCOLS[self.proto](conn)
             await dialogue.greeting()
@@ -337,19 +418,22 @@ async def run_logins(target: Target, concurrency: int, duration: float,
 
 async def run_relay(target: Target, repeat: int) -> dict[str, object]:
     dialogue, _ = await target.session(0)
-    rates, size = [], 0
+    rates, size, busy, fetching = [], 0, 0.0, 0.0
     try:
         for _ in range(repeat):
-            started = time.perf_counter()
+            cpu0, started = cpu_seconds(), time.perf_counter()
             size = await dialogue.fetch_first()
-            rates.append(size / (time.perf_counter() - started) / 1e6)
+            elapsed = time.perf_counter() - started
+            busy, fetching = busy + cpu_seconds() - cpu0, fetching + elapsed
+            rates.append(size / elapsed / 1e6)
         await dialogue.logout()
     finally:
         dialogue.conn.close()
-    return {"workload": "relay", "proto": target.proto, "bytes": size,
+    return {"workload": "relay", "proto": target.proto, "tls": target.tls, "bytes": size,
             "mb_per_s": [round(r, 1) for r in rates],
             "best_mb_per_s": round(max(rates), 1),
-            "median_mb_per_s": round(sorted(rates)[len(rates) // 2], 1)}
+            "median_mb_per_s": round(sorted(rates)[len(rates) // 2], 1),
+            "loadgen_cpu_share": round(busy / fetching, 3) if fetching else None}
 
 
 async def _open_idle(target: Target, count: int, concurrency: int, deadline: float,
@@ -381,22 +465,22 @@ async def _wait_release(hold: float) -> None:
         await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), hold)
 
 
-async def _close_all(held: list[Imap | Pop3], concurrency: int) -> int:
-    """Log every held session out; return how many did so cleanly (the rest are dropped)."""
-    gate, clean = asyncio.Semaphore(concurrency), [0]
+async def _close_all(held: list[Imap | Pop3], concurrency: int) -> Tally:
+    """Log every held session out; ``ok`` counts those that did so cleanly."""
+    gate, tally = asyncio.Semaphore(concurrency), Tally()
 
     async def one(dialogue: Imap | Pop3) -> None:
         async with gate:
             try:
                 await dialogue.logout()
-                clean[0] += 1
-            except (TimeoutError, OSError, ProtocolFailure):
-                pass
+                tally.ok += 1
+            except (TimeoutError, OSError, ProtocolFailure) as exc:
+                tally.error(exc)
             finally:
                 dialogue.conn.close()
 
     await asyncio.gather(*(one(d) for d in held))
-    return clean[0]
+    return tally
 
 
 async def run_idle(target: Target, count: int, concurrency: int, setup: float,
@@ -408,8 +492,9 @@ async def run_idle(target: Target, count: int, concurrency: int, setup: float,
              "setup_s": round(time.monotonic() - wall0, 2)}
     print(json.dumps(ready), flush=True)
     await _wait_release(hold)
-    clean = await _close_all(held, concurrency)
-    return {"workload": "idle", "proto": target.proto, **ready, "logged_out": clean}
+    closed = await _close_all(held, concurrency)
+    return {"workload": "idle", "proto": target.proto, **ready, "logged_out": closed.ok,
+            "logout_errors": closed.errors, "logout_error_samples": closed.samples}
 
 
 # --------------------------------------------------------------------------- command line
@@ -431,6 +516,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1, help="accounts <prefix>0..N-1")
     parser.add_argument("--password", default="bench-pw")
     parser.add_argument("--io-timeout", type=float, default=30.0)
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS from the first byte (IMAPS/POP3S); the certificate is not checked")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0, help="logins: seconds")
     parser.add_argument("--max-logins", type=int, default=1_000_000)
@@ -449,7 +536,8 @@ def _raise_nofile() -> None:
 
 async def amain(args: argparse.Namespace) -> dict[str, object]:
     users = tuple(f"{args.user_prefix}{n}" for n in range(args.users))
-    target = Target(args.proto, args.host, args.port, users, args.password, args.io_timeout)
+    target = Target(args.proto, args.host, args.port, users, args.password, args.io_timeout,
+                    args.tls)
     if args.workload == "logins":
         return await run_logins(target, args.concurrency, args.duration, args.max_logins)
     if args.workload == "relay":

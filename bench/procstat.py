@@ -1,4 +1,5 @@
-"""What a process tree costs, read from /proc: CPU seconds and memory (RSS and PSS).
+"""What a process tree costs, read from /proc: CPU seconds, memory (RSS and PSS) and
+open descriptors.
 
 A "tree" is a root pid and every live descendant. CPU is counted so that a delta
 between two snapshots is right even when children exit in between: each live
@@ -12,7 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["TreeSample", "find_pids", "sample_tree", "tree_pids"]
+__all__ = ["TreeSample", "find_pids", "open_fds", "sample_tree", "tree_pids"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -101,3 +102,15 @@ def sample_tree(roots: Iterable[int], *, memory: bool = True) -> TreeSample:
             rss += _kib(f"/proc/{pid}/status", "VmRSS")
             pss += _kib(f"/proc/{pid}/smaps_rollup", "Pss")
     return TreeSample(len(pids), ticks / _CLOCK_TICKS, rss, pss)
+
+
+def open_fds(roots: Iterable[int]) -> dict[int, int]:
+    """Open descriptors of each process in the trees of ``roots`` that we may inspect
+    (another user's are left out), by pid."""
+    counts = {}
+    for pid in tree_pids(roots):
+        try:
+            counts[pid] = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return counts

@@ -8,14 +8,19 @@ like with like. The figures:
 
 * IMAP and POP3 logins/s at concurrency 1, 16 and 64 (login -> NOOP/STAT -> logout);
 * p50/p99 connect-to-authenticated at concurrency 64;
-* relay MB/s of a 20 MiB message (IMAP FETCH and POP3 RETR, plain);
+* relay MB/s of a 20 MiB message (IMAP FETCH and POP3 RETR), plain and with the
+  client speaking TLS from the first byte (IMAPS/POP3S; the back-end stays plain);
 * memory per idle authenticated IMAP connection at 1,000 and 10,000 connections
-  (RSS summed over the proxy's processes, and PSS, which shares pages fairly);
+  (RSS summed over the proxy's processes, and PSS, which shares pages fairly), how
+  many of those sessions logged in, stayed up and logged out cleanly, and the most
+  descriptors one of the target's processes held meanwhile;
 * proxy CPU seconds per 1,000 logins (utime+stime of the proxy's process tree,
   reaped children included, over all the login runs).
 
-The table (each figure, and its ratio to perditionpy's) is printed and written to
-bench/results/<date>.md, with the raw numbers in <date>.json beside it.
+perditionpy runs with ``--workers 2`` by default (``--perditionpy-workers``), as
+NGINX runs 2 workers on the 2-core bench machine. The table (each figure, and its
+ratio to perditionpy's) is printed and written to bench/results/<date>.md (or
+``--output``), with the raw numbers in the .json beside it.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import selectors
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -39,7 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench import targets as tg  # noqa: E402
-from bench.procstat import sample_tree  # noqa: E402
+from bench.procstat import open_fds, sample_tree  # noqa: E402
+from tests.support.dovecot import Dovecot  # noqa: E402
 
 LOADGEN = REPO_ROOT / "bench" / "loadgen.py"
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -48,6 +56,8 @@ CONCURRENCIES = (1, 16, 64)
 ORDER = ("backend", "perdition", "nginx", "perditionpy")
 _SETTLE = 1.0        # seconds between opening idle connections and reading memory
 _SLACK = 60.0        # added to every load generator run's own time bound
+_SATURATED = 0.9     # load generator CPU share (of a core) above which it may be the limit
+_LOADGEN_SPARE_FDS = 256  # descriptors a load generator needs besides its client sockets
 
 
 # --------------------------------------------------------------------------- progress
@@ -86,6 +96,7 @@ class Results:
     notes: list[str] = field(default_factory=list)
     raw: list[dict[str, object]] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # name -> [cpu_s, logins]
+    processes: dict[str, int] = field(default_factory=dict)  # name -> charged at the start
 
     def put(self, key: str, target: str, value: float | None) -> None:
         self.figures.setdefault(key, {})[target] = value
@@ -98,10 +109,13 @@ class Results:
 # --------------------------------------------------------------------------- load generator
 
 
-def loadgen_argv(workload: str, target: tg.Target, proto: str, *extra: str) -> list[str]:
-    port = target.imap_port if proto == "imap" else target.pop3_port
+def loadgen_argv(workload: str, target: tg.Target, proto: str, *extra: str,
+                 tls: bool = False) -> list[str]:
+    port = target.port(proto, tls=tls)
+    if port is None:
+        raise ValueError(f"{target.label} has no {proto} TLS listener")
     return [sys.executable, str(LOADGEN), workload, "--proto", proto, "--port", str(port),
-            "--password", tg.PASSWORD, *extra]
+            "--password", tg.PASSWORD, *(["--tls"] if tls else []), *extra]
 
 
 def run_loadgen(argv: list[str], timeout: float) -> dict[str, object]:
@@ -130,11 +144,12 @@ def measure_logins(target: tg.Target, proto: str, concurrency: int, duration: fl
     return out
 
 
-def measure_relay(target: tg.Target, proto: str, repeat: int) -> dict[str, object]:
+def measure_relay(target: tg.Target, proto: str, repeat: int, *,
+                  tls: bool = False) -> dict[str, object]:
     argv = loadgen_argv("relay", target, proto, "--user-prefix", tg.BIG_USER[:-1],
-                        "--users", "1", "--repeat", str(repeat))
+                        "--users", "1", "--repeat", str(repeat), tls=tls)
     out = run_loadgen(argv, _SLACK * 2)
-    out["target"] = target.name
+    out["target"], out["tls"] = target.name, tls
     return out
 
 
@@ -146,32 +161,57 @@ def _read_line(stream: object, timeout: float) -> str:
     return stream.readline()  # type: ignore[attr-defined, no-any-return]
 
 
+def idle_shares(count: int, nofile: int = tg.HARD_NOFILE) -> list[int]:
+    """``count`` sessions split over as few load generators as the descriptor limit
+    allows (one client socket per session, plus some to spare in each)."""
+    parts = math.ceil(count / max(nofile - _LOADGEN_SPARE_FDS, 1))
+    return [count // parts + (1 if index < count % parts else 0) for index in range(parts)]
+
+
+def _merge_idle(outs: Sequence[dict[str, object]]) -> dict[str, object]:
+    """The summaries of several load generators as one."""
+    merged: dict[str, object] = {"generators": len(outs)}
+    for key in ("ready", "errors", "logged_out", "logout_errors"):
+        merged[key] = sum(int(out.get(key, 0)) for out in outs)  # type: ignore[call-overload]
+    for key in ("error_samples", "logout_error_samples"):
+        merged[key] = [s for out in outs for s in out.get(key, [])][:5]  # type: ignore[attr-defined]
+    merged["setup_s"] = max(float(out.get("setup_s", 0)) for out in outs)  # type: ignore[arg-type]
+    return merged
+
+
 def measure_idle(target: tg.Target, count: int, setup: float) -> dict[str, object]:
-    """Hold ``count`` authenticated IMAP sessions; the memory they cost the target."""
-    concurrency = 64
-    argv = loadgen_argv("idle", target, "imap", "--users", str(tg.BENCH_USERS),
-                        "--count", str(count), "--concurrency", str(concurrency),
-                        "--setup", str(setup), "--hold", str(setup + _SLACK),
-                        "--io-timeout", "60")
+    """Hold ``count`` authenticated IMAP sessions; the memory and descriptors they cost
+    the target, and how many stayed up until a clean LOGOUT."""
+    argvs = [loadgen_argv("idle", target, "imap", "--users", str(tg.BENCH_USERS),
+                          "--count", str(share), "--concurrency", "64",
+                          "--setup", str(setup), "--hold", str(setup + _SLACK),
+                          "--io-timeout", "60") for share in idle_shares(count)]
     before = sample_tree(target.roots)
-    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True) as proc:
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                                      stdout=subprocess.PIPE, text=True))
+                 for argv in argvs]
         try:
-            ready = json.loads(_read_line(proc.stdout, setup + _SLACK))
+            ready = [json.loads(_read_line(proc.stdout, setup + _SLACK)) for proc in procs]
             time.sleep(_SETTLE)
-            after = sample_tree(target.roots)
-            assert proc.stdin is not None
-            proc.stdin.write("release\n")
-            proc.stdin.flush()
-            final = json.loads(_read_line(proc.stdout, setup + _SLACK))
+            after, fds = sample_tree(target.roots), open_fds(target.roots)
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("release\n")
+                proc.stdin.flush()
+            final = [json.loads(_read_line(proc.stdout, setup + _SLACK)) for proc in procs]
         finally:
-            if proc.poll() is None:
-                proc.kill()
-    held = max(int(ready["ready"]), 1)
-    return {**final, "target": target.name, "count": count,
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    held = max(sum(int(out["ready"]) for out in ready), 1)
+    return {**_merge_idle(final), "workload": "idle", "proto": "imap", "target": target.name,
+            "count": count,
             "rss_kib_per_conn": round((after.rss_kib - before.rss_kib) / held, 1),
             "pss_kib_per_conn": round((after.pss_kib - before.pss_kib) / held, 1),
-            "processes": after.processes, "rss_kib_total": after.rss_kib}
+            "processes": after.processes, "rss_kib_total": after.rss_kib,
+            "max_fds_per_process": max(fds.values(), default=0),
+            "fds_by_process": sorted(fds.values(), reverse=True)[:8]}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -184,11 +224,17 @@ class Plan:
     relay_repeat: int
     idle: tuple[int, ...]
     idle_setup: float
+    perditionpy_workers: int = 2
+    tls: bool = True      # the relay over TLS towards the client, too
 
 
 def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results) -> None:
-    steps = (len(targets) * (len(PROTOCOLS) * (1 + len(CONCURRENCIES) + 1) + len(plan.idle)))
+    secure = [t for t in targets if t.imaps_port is not None] if plan.tls else []
+    steps = (len(targets) * (len(PROTOCOLS) * (1 + len(CONCURRENCIES) + 1) + len(plan.idle))
+             + len(secure) * len(PROTOCOLS))
     progress = Progress(steps)
+    for target in targets:
+        results.processes[target.name] = sample_tree(target.roots, memory=False).processes
     for proto in PROTOCOLS:
         for target in targets:
             progress.step(f"warm-up {proto} {target.label}")
@@ -202,9 +248,11 @@ def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results) -> None:
                                              results), results)
         for target in targets:
             progress.step(f"{proto} relay 20 MiB {target.label}")
-            out = measure_relay(target, proto, plan.relay_repeat)
-            results.raw.append(out)
-            results.put(f"relay_{proto}", target.name, out["median_mb_per_s"])  # type: ignore[arg-type]
+            record_relay(measure_relay(target, proto, plan.relay_repeat), proto, results)
+        for target in secure:
+            progress.step(f"{proto} relay 20 MiB, client TLS, {target.label}")
+            record_relay(measure_relay(target, proto, plan.relay_repeat, tls=True), proto,
+                         results)
     for count in plan.idle:
         for target in targets:
             progress.step(f"idle x{count:,} {target.label}")
@@ -212,6 +260,17 @@ def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results) -> None:
     progress.finish()
     for name, (cpu_s, logins) in results.cpu.items():
         results.put("cpu_per_1000", name, round(cpu_s / logins * 1000, 2) if logins else None)
+
+
+def record_relay(out: dict[str, object], proto: str, results: Results) -> None:
+    results.raw.append(out)
+    key = f"relay_tls_{proto}" if out["tls"] else f"relay_{proto}"
+    results.put(key, str(out["target"]), out["median_mb_per_s"])  # type: ignore[arg-type]
+    share = out.get("loadgen_cpu_share")
+    if isinstance(share, float) and share > _SATURATED:
+        results.note(f"relay {proto.upper()}{' over TLS' if out['tls'] else ''} "
+                     f"{out['target']}: the load generator used {share:.2f} of a core; "
+                     f"that figure may be the generator's limit, not the target's.")
 
 
 def record_logins(out: dict[str, object], results: Results) -> None:
@@ -224,12 +283,15 @@ def record_logins(out: dict[str, object], results: Results) -> None:
         results.put(f"loadgen_cpu_{proto}", name, out["loadgen_cpu_share"])  # type: ignore[arg-type]
 
 
+_IDLE_KEYS = ("held_idle", "rss_idle", "pss_idle", "fds_idle")
+
+
 def record_idle(target: tg.Target, count: int, setup: float, results: Results) -> None:
+    for key in _IDLE_KEYS:
+        results.put(f"{key}_{count}", target.name, None)
     why_not = target.can_hold(count)
     if why_not is not None:
         results.note(f"idle x{count:,} skipped for {why_not}.")
-        results.put(f"rss_idle_{count}", target.name, None)
-        results.put(f"pss_idle_{count}", target.name, None)
         return
     try:
         out = measure_idle(target, count, setup)
@@ -237,11 +299,27 @@ def record_idle(target: tg.Target, count: int, setup: float, results: Results) -
         results.note(f"idle x{count:,} {target.label}: {exc}")
         return
     results.raw.append(out)
-    if out["ready"] != count:
-        results.note(f"idle x{count:,} {target.label}: held {out['ready']} of {count} "
-                     f"({out['errors']} errors, e.g. {out['error_samples'][:1]})")  # type: ignore[index]
+    note_idle_losses(target, count, out, results)
+    results.put(f"held_idle_{count}", target.name, out["logged_out"])  # type: ignore[arg-type]
     results.put(f"rss_idle_{count}", target.name, out["rss_kib_per_conn"])  # type: ignore[arg-type]
     results.put(f"pss_idle_{count}", target.name, out["pss_kib_per_conn"])  # type: ignore[arg-type]
+    results.put(f"fds_idle_{count}", target.name, out["max_fds_per_process"])  # type: ignore[arg-type]
+
+
+def note_idle_losses(target: tg.Target, count: int, out: dict[str, object],
+                     results: Results) -> None:
+    """Say which sessions of an idle set failed to log in or did not stay up."""
+    where = f"idle x{count:,} {target.label}"
+    if out["ready"] != count:
+        results.note(f"{where}: {out['ready']} of {count:,} logged in ({out['errors']} errors, "
+                     f"e.g. {out['error_samples'][:1]})")  # type: ignore[index]
+    if out["logged_out"] != out["ready"]:
+        results.note(f"{where}: {out['logged_out']} of {out['ready']} held sessions logged out "
+                     f"cleanly, e.g. {out['logout_error_samples'][:1]}")  # type: ignore[index]
+    if int(out["max_fds_per_process"]) > 0.9 * tg.HARD_NOFILE:  # type: ignore[call-overload]
+        results.note(f"{where}: one process held {out['max_fds_per_process']} descriptors, "
+                     f"near the {tg.HARD_NOFILE:,} limit (busiest processes: "
+                     f"{out['fds_by_process']})")
 
 
 # --------------------------------------------------------------------------- the table
@@ -258,9 +336,16 @@ def figure_rows(plan: Plan) -> list[tuple[str, str, str]]:
                  (f"p99_{proto}", f"{name} connect→authenticated p99 at 64 (ms)", "lower")]
     rows += [(f"relay_{p}", f"relay MB/s, 20 MiB {p.upper()} fetch (plain)", "higher")
              for p in PROTOCOLS]
+    if plan.tls:
+        rows += [(f"relay_tls_{p}", f"relay MB/s, 20 MiB {p.upper()} fetch (client TLS, "
+                  f"back-end plain)", "higher") for p in PROTOCOLS]
     for count in plan.idle:
-        rows += [(f"rss_idle_{count}", f"RSS KiB per idle IMAP connection at {count:,}", "lower"),
-                 (f"pss_idle_{count}", f"PSS KiB per idle IMAP connection at {count:,}", "lower")]
+        rows += [(f"held_idle_{count}", f"idle IMAP sessions held of {count:,} (logged in, "
+                  f"stayed up, logged out)", "all"),
+                 (f"rss_idle_{count}", f"RSS KiB per idle IMAP connection at {count:,}", "lower"),
+                 (f"pss_idle_{count}", f"PSS KiB per idle IMAP connection at {count:,}", "lower"),
+                 (f"fds_idle_{count}", f"most descriptors in one process, idle at {count:,}",
+                  "info")]
     rows.append(("cpu_per_1000", "CPU s per 1,000 logins (Dovecot: its own)", "lower"))
     rows += [(f"loadgen_cpu_{p}", f"load generator CPU share, {p.upper()} c=64 (1.0 = a core)",
               "info") for p in PROTOCOLS]
@@ -283,7 +368,8 @@ def render_table(targets: Sequence[tg.Target], results: Results, plan: Plan) -> 
         row = results.figures.get(key, {})
         reference = row.get("perditionpy")
         cells = [_cell(row.get(t.name), reference,
-                       better != "info" and t.name != "perditionpy") for t in targets]
+                       better in ("higher", "lower") and t.name != "perditionpy")
+                 for t in targets]
         lines.append(f"| {text} | {better} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -293,8 +379,11 @@ def load_average() -> str:
 
 
 def render_report(targets: Sequence[tg.Target], results: Results, plan: Plan,
-                  started: datetime.datetime, seconds: float) -> str:
+                  started: datetime.datetime, seconds: float, command: str) -> str:
     versions = "; ".join(f"{t.label}: {t.version}" for t in targets)
+    processes = ", ".join(f"{t.label} {results.processes.get(t.name, '?')}"
+                          + (" (+1 per connection)" if t.name == "perdition" else "")
+                          for t in targets)
     if os.getloadavg()[1] > (os.cpu_count() or 1) + 1:
         results.note(f"The machine was busy besides the benchmark (load average "
                      f"{load_average()} at the end): absolute figures are low and noisy, "
@@ -304,9 +393,13 @@ def render_report(targets: Sequence[tg.Target], results: Results, plan: Plan,
         "",
         f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}, "
         f"Python {platform.python_version()}. {versions}.",
+        f"Processes charged for CPU and memory (IMAP and POP3 listeners together, at the "
+        f"start): {processes}." + (" TLS rows: separate listeners (separate processes for "
+                                   "perdition and perditionpy), a self-signed certificate, "
+                                   "TLS as negotiated by OpenSSL's defaults." if plan.tls else ""),
         f"Login runs {plan.duration:g} s each; ratios are each figure ÷ perditionpy's "
         f"(same run). Whole run: {seconds / 60:.1f} min; load average at the end "
-        f"{load_average()}. Command: `make bench`.",
+        f"{load_average()}. Command: `{command}`.",
         "",
         render_table(targets, results, plan),
         "",
@@ -319,13 +412,17 @@ def render_report(targets: Sequence[tg.Target], results: Results, plan: Plan,
 # --------------------------------------------------------------------------- main
 
 
-def start_targets(stack: contextlib.ExitStack, dovecot: object, log_dir: Path,
-                  wanted: Sequence[str], results: Results) -> list[tg.Target]:
-    starters: dict[str, tuple[Callable[[], bool], Callable[[], object]]] = {
-        "backend": (lambda: True, lambda: tg.backend(dovecot)),  # type: ignore[arg-type]
-        "perdition": (tg.perdition_available, lambda: tg.perdition(dovecot, log_dir)),  # type: ignore[arg-type]
-        "nginx": (tg.nginx_available, lambda: tg.nginx(dovecot, log_dir)),  # type: ignore[arg-type]
-        "perditionpy": (lambda: True, lambda: tg.perditionpy(dovecot, log_dir)),  # type: ignore[arg-type]
+def start_targets(stack: contextlib.ExitStack, dovecot: Dovecot, log_dir: Path,
+                  wanted: Sequence[str], results: Results, plan: Plan,
+                  tls: tg.TlsFiles | None) -> list[tg.Target]:
+    workers = plan.perditionpy_workers
+    starters: dict[str, tuple[Callable[[], bool],
+                              Callable[[], contextlib.AbstractContextManager[tg.Target]]]] = {
+        "backend": (lambda: True, lambda: tg.backend(dovecot)),
+        "perdition": (tg.perdition_available, lambda: tg.perdition(dovecot, log_dir, tls)),
+        "nginx": (tg.nginx_available, lambda: tg.nginx(dovecot, log_dir, tls)),
+        "perditionpy": (lambda: True,
+                        lambda: tg.perditionpy(dovecot, log_dir, workers=workers, tls=tls)),
     }
     started: list[tg.Target] = []
     for name in ORDER:
@@ -335,7 +432,7 @@ def start_targets(stack: contextlib.ExitStack, dovecot: object, log_dir: Path,
         if not available():
             results.note(f"{name} is not installed: left out (scripts/install-deps.sh).")
             continue
-        started.append(stack.enter_context(start()))  # type: ignore[arg-type]
+        started.append(stack.enter_context(start()))
     return started
 
 
@@ -352,9 +449,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="longest time to open one idle set (seconds)")
     parser.add_argument("--targets", default=",".join(ORDER),
                         help=f"comma-separated subset of {','.join(ORDER)}")
+    parser.add_argument("--perditionpy-workers", type=_positive, default=2, metavar="N",
+                        help="run perditionpy with --workers N (default 2, as NGINX runs 2 "
+                             "workers; 1: one process, no supervisor)")
+    parser.add_argument("--no-tls", dest="tls", action="store_false",
+                        help="leave out the relay over TLS towards the client (and its "
+                             "certificate and listeners)")
     parser.add_argument("--output", type=Path, default=None,
                         help="report path (default bench/results/<date>.md)")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 @contextlib.contextmanager
@@ -366,18 +476,21 @@ def workspace() -> Iterator[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = Plan(args.duration, args.warmup, args.relay_repeat,
-                tuple(int(n) for n in args.idle.split(",") if n.strip()), args.idle_setup)
+                tuple(int(n) for n in args.idle.split(",") if n.strip()), args.idle_setup,
+                args.perditionpy_workers, args.tls)
+    command = shlex.join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
     started, clock = datetime.datetime.now(), time.monotonic()
     results = Results()
     with workspace() as top, contextlib.ExitStack() as stack:
         sys.stderr.write("bench: starting Dovecot and the proxies ...\n")
-        dovecot = stack.enter_context(tg.bench_dovecot(top / "dovecot"))
-        targets = start_targets(stack, dovecot, top / "logs", wanted, results)
+        tls = tg.make_certificate(top / "tls") if plan.tls else None
+        dovecot = stack.enter_context(tg.bench_dovecot(top / "dovecot", tls))
+        targets = start_targets(stack, dovecot, top / "logs", wanted, results, plan, tls)
         run_all(targets, plan, results)
         if dovecot.errors():
             results.note(f"Dovecot logged errors: {dovecot.errors()[:3]}")
-    report = render_report(targets, results, plan, started, time.monotonic() - clock)
+    report = render_report(targets, results, plan, started, time.monotonic() - clock, command)
     output = args.output or RESULTS / f"{started:%Y-%m-%d}.md"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)

@@ -10,6 +10,7 @@ import socket
 import threading
 from typing import Any
 
+from perditionpy import relay_hub
 from perditionpy.maps import open_map
 from perditionpy.maps.base import Map
 from perditionpy.options import Options, greeting_checksum
@@ -52,9 +53,14 @@ class App:
             old.close()
 
     def handle(self, conn: socket.socket, client: Any, local: Any) -> None:
-        """Run one connection to its end (called in its own thread)."""
+        """Run one connection to its end in this thread (inetd mode)."""
         inetd_pid = os.getppid() if self.options.inetd_mode else None
         Session(self.services, conn, client, local, inetd_pid=inetd_pid).run()
+
+    def start(self, conn: socket.socket, client: Any, local: Any) -> None:
+        """Hand one connection to the process's event loop and return (the daemon)."""
+        session = Session(self.services, conn, client, local)
+        relay_hub.hub().start_session(session.steps(), conn, session.label)
 
     def close(self) -> None:
         with self._lock:

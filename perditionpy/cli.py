@@ -49,6 +49,7 @@ def _run(opts: object, prog: str, name: str) -> int:
         app.close()
         return 255
     try:
-        return server.serve(opts, app.handle, reload=app.reload, prog=prog)  # type: ignore[arg-type]
+        return server.serve(opts, app.handle, reload=app.reload, prog=prog,  # type: ignore[arg-type]
+                            start=app.start)
     finally:
         app.close()

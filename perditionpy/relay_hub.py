@@ -1,5 +1,9 @@
-"""The post-login relay of every session in the process: one thread, one
-selector, every client ⇄ back-end pair.
+"""The event loop of the process: one thread, one selector, every session's
+login phase (perditionpy.task) and every client ⇄ back-end pair after it.
+
+A new connection's session starts here (:meth:`RelayHub.start_session`): its
+reads, writes, connects and pauses wait on the selector, its blocking calls
+run on a worker pool, and no thread is held per login.
 
 A session that has logged its client in hands the two sockets to :func:`hub`
 and its thread returns; an idle authenticated session then costs two
@@ -23,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import heapq
+import itertools
 import logging
 import os
 import selectors
@@ -33,14 +39,19 @@ import time
 from collections.abc import Callable
 
 from perditionpy import limits
+from perditionpy.pool import WorkerPool, default_size
 from perditionpy.relay import RelayResult
+from perditionpy.task import Task
 from perditionpy.tls import close as close_socket
+from perditionpy.waits import Steps, Wait
 
 __all__ = ["RelayHub", "hub", "splice_available"]
 
 log = logging.getLogger(__name__)
 
 OnDone = Callable[[RelayResult], None]
+# Takes the connections waiting on a listener; False: stop listening.
+Accept = Callable[[socket.socket], bool]
 Pipe = tuple[int, int, int]  # read end, write end, capacity
 
 _READ = selectors.EVENT_READ
@@ -141,6 +152,10 @@ class _Flow:
             return True
         except OSError:
             return False
+        finally:
+            if self.pipe is not None and not self.held:  # nothing came: an idle
+                pipes.give(self.pipe)                     # pair holds no pipe
+                self.pipe = None
 
     def _splice_in(self, pipe: Pipe, pipes: _Pipes) -> bool:
         try:
@@ -259,16 +274,31 @@ class _Pair:
 
 
 class RelayHub:
-    """The relay thread of this process and the pairs it holds.
+    """The event-loop thread of this process, the sessions logging in and the
+    pairs it holds.
 
-    ``add`` hands a pair over (from any thread); ``active`` counts the pairs
-    held; ``close_all`` ends them all (shutdown); ``watch`` registers a callback
-    run after each pair ends.  The thread starts with the first pair.
+    ``start_session`` hands a new connection's session over and ``add`` a
+    logged-in pair (from any thread); ``active`` counts sessions and pairs
+    held; ``close_all`` ends them all (shutdown); ``watch`` registers a
+    callback run after each session or pair ends.  The thread starts with the
+    first of them.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._incoming: list[_Pair] = []
+        self._new_tasks: list[Task] = []
+        self._offloaded: list[tuple[Task, int, object, BaseException | None]] = []
+        self._tasks: set[Task] = set()
+        self._timers: list[tuple[float, int, Task, int]] = []
+        self._timer_order = itertools.count()
+        self._workers: WorkerPool | None = None
+        # Listeners the loop accepts on, and how (Server._accept_in_loop).
+        self._listening = False
+        self._listen_request: tuple[list[socket.socket], Accept | None] | None = None
+        self._listen_applied: threading.Event | None = None
+        self._listeners: list[socket.socket] = []
+        self._ident: int | None = None
         self._count = 0
         self._close_all = False
         self._watchers: list[Callable[[], None]] = []
@@ -289,13 +319,55 @@ class RelayHub:
                      splice=splice)
         for sock in (client, server):
             with contextlib.suppress(OSError):  # a dead socket ends the pair at its first step
-                sock.setblocking(False)
+                if sock.gettimeout() != 0.0:
+                    sock.setblocking(False)
         with self._lock:
             self._start()
             self._incoming.append(pair)
             self._count += 1
             self.paths["splice" if splice else "copy"] += 1
+        if threading.get_ident() != self._ident:  # the loop itself looks again before waiting
+            self._wake()
+
+    def start_session(self, steps: Steps[None], client: socket.socket, label: str = "") -> None:
+        """Run a session's generator of waits (perditionpy.waits) in the loop
+        from now on; ``client`` is shut down if the daemon stops first."""
+        task = Task(steps, client, label)
+        with self._lock:
+            self._start()
+            self._new_tasks.append(task)
+            self._count += 1
+            first = len(self._new_tasks) == 1  # else a wake-up is on its way already
+        if first and threading.get_ident() != self._ident:  # the loop looks before waiting
+            self._wake()
+
+    def listen(self, listeners: list[socket.socket], accept: Accept) -> None:
+        """Accept on ``listeners`` in the loop from now on: ``accept(listener)``
+        runs when one is readable (in the loop's thread)."""
+        with self._lock:
+            self._start()
+            self._listen_request = (list(listeners), accept)
+            self._listening = True
         self._wake()
+
+    def stop_listening(self) -> None:
+        """Let go of the listeners; returns once the loop has (they may then close)."""
+        with self._lock:
+            if self._thread is None:
+                self._listening = False
+                return
+            self._listen_request = ([], None)
+            self._listening = False
+            applied = self._listen_applied = threading.Event()
+        if threading.get_ident() == self._ident:
+            self._apply_listen_request()
+        else:
+            self._wake()
+            applied.wait(_SCAN_INTERVAL * 5)
+
+    def listening(self) -> bool:
+        with self._lock:
+            return self._listening
 
     def active(self) -> int:
         with self._lock:
@@ -317,6 +389,7 @@ class RelayHub:
         if self._thread is not None:
             return
         self._sel = selectors.DefaultSelector()
+        self._workers = WorkerPool(default_size(), name="blocking")
         reader, self._waker = socket.socketpair()
         reader.setblocking(False)
         self._waker.setblocking(False)
@@ -334,6 +407,7 @@ class RelayHub:
 
     def _run(self, reader: socket.socket) -> None:
         assert self._sel is not None
+        self._ident = threading.get_ident()
         next_scan = time.monotonic() + _SCAN_INTERVAL
         hot: list[_Pair] = []
         while True:
@@ -349,13 +423,28 @@ class RelayHub:
     def _turn(self, reader: socket.socket, hot: list[_Pair], next_scan: float) -> list[_Pair]:
         """One wait and what it woke; returns the pairs to step again at once."""
         assert self._sel is not None
-        wait = 0.0 if hot else max(0.0, next_scan - time.monotonic())
-        ready = {key.data for key, _ in self._sel.select(wait)}
-        if None in ready:
-            ready.discard(None)
-            with contextlib.suppress(OSError):
-                while reader.recv(4096):
-                    pass
+        moment = min(next_scan, self._timers[0][0]) if self._timers else next_scan
+        wait = 0.0 if hot else max(0.0, moment - time.monotonic())
+        ready: set[_Pair] = set()
+        woken: list[Task] = []
+        for key, _ in self._sel.select(wait):
+            data = key.data
+            if data is None:
+                with contextlib.suppress(OSError):
+                    while reader.recv(4096):
+                        pass
+            elif type(data) is Task:
+                woken.append(data)
+            elif callable(data):  # a listener's accept
+                if self._listeners and not data(key.fileobj):
+                    self._drop_listeners()
+            else:
+                ready.add(data)
+        self._apply_listen_request()
+        for task in woken:
+            if not task.done:
+                task.ready(self)
+        self._run_tasks()
         ready.update(hot)
         ready.update(self._take_incoming())
         for pair in ready:
@@ -363,6 +452,92 @@ class RelayHub:
                 self._step(pair)
         # Only a read can leave bytes inside OpenSSL, and only stepped pairs read.
         return [pair for pair in ready if pair in self._pairs and pair.hot()]
+
+    # -- listeners
+
+    def _apply_listen_request(self) -> None:
+        with self._lock:
+            request, self._listen_request = self._listen_request, None
+            applied, self._listen_applied = self._listen_applied, None
+        if request is not None:
+            self._drop_listeners()
+            listeners, accept = request
+            assert self._sel is not None
+            for listener in listeners:
+                self._sel.register(listener, _READ, accept)
+            self._listeners = listeners
+        if applied is not None:
+            applied.set()
+
+    def _drop_listeners(self) -> None:
+        assert self._sel is not None
+        for listener in self._listeners:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(listener)
+        self._listeners = []
+        with self._lock:
+            if self._listen_request is None:
+                self._listening = False
+
+    # -- sessions logging in (perditionpy.task's Loop)
+
+    def _run_tasks(self) -> None:
+        """New sessions, finished worker calls, and moments that came."""
+        with self._lock:
+            new, self._new_tasks = self._new_tasks, []
+            results, self._offloaded = self._offloaded, []
+        for task, serial, value, error in results:
+            task.finish_offloaded(self, serial, value, error)
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, task, serial = heapq.heappop(self._timers)
+            task.expire(self, serial)
+        for task in new:
+            self._tasks.add(task)
+            task.resume(self)
+
+    def watch_socket(self, task: Task, sock: socket.socket | None, events: int,
+                     old: socket.socket | None) -> None:
+        assert self._sel is not None
+        if old is not None and old is not sock:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(old)
+        if sock is None:
+            return
+        if old is sock:
+            self._sel.modify(sock, events, task)
+        else:
+            self._sel.register(sock, events, task)
+
+    def wake_at(self, task: Task, when: float) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_order), task, task.serial))
+        if len(self._timers) > 64 + 4 * len(self._tasks):  # mostly waits that ended early
+            self._timers = [entry for entry in self._timers
+                            if entry[2].serial == entry[3] and not entry[2].done]
+            heapq.heapify(self._timers)
+
+    def offload(self, task: Task, wait: Wait) -> None:
+        serial = task.serial
+
+        def job() -> None:
+            value: object = None
+            error: BaseException | None = None
+            try:
+                value = wait.run()
+            except Exception as exc:
+                error = exc
+            with self._lock:
+                self._offloaded.append((task, serial, value, error))
+                first = len(self._offloaded) == 1  # else a wake-up is on its way already
+            if first:
+                self._wake()
+
+        assert self._workers is not None
+        self._workers.submit(job)
+
+    def ended(self, task: Task) -> None:
+        self._tasks.discard(task)
+        self._one_fewer()
 
     def _take_incoming(self) -> list[_Pair]:
         with self._lock:
@@ -372,6 +547,9 @@ class RelayHub:
         if close_all:
             for pair in list(self._pairs):
                 self._end(pair, timed_out=False)
+            for task in self._tasks:  # each sees its client go and ends by itself
+                with contextlib.suppress(OSError):
+                    task.client.shutdown(socket.SHUT_RDWR)
             return []
         return new
 
@@ -424,6 +602,9 @@ class RelayHub:
             pair.on_done(pair.result(timed_out))
         except Exception:
             log.exception("Fatal error ending the relay%s", pair.label)
+        self._one_fewer()
+
+    def _one_fewer(self) -> None:
         with self._lock:
             self._count -= 1
             watchers = list(self._watchers)

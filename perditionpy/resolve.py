@@ -182,6 +182,14 @@ class Resolver:
             return 0
         return random.randrange(count) if first is None else first % count
 
+    def quick(self, map: Map | None) -> bool:
+        """Whether resolving asks nothing that may block for long: no map or a
+        local one (its class says ``quick = True``), and no reverse lookup of the
+        local address for ``--add_domain``."""
+        if self.options.add_domain and not self.options.explicit_domain:
+            return False
+        return map is None or getattr(map, "quick", False) is True
+
     def new_session(self) -> ResolverSession:
         """A resolver for one client connection (all its login attempts)."""
         return ResolverSession(self)

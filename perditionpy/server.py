@@ -70,6 +70,8 @@ Handler = Callable[[socket.socket, Address | None, Address | None], None]
 SHUTDOWN_GRACE = 10.0
 # After shutting the sockets down, how long sessions get to log their Closing lines.
 _CLOSE_WAIT = 2.0
+# Connections taken from a listener per readiness, at most.
+_ACCEPT_BATCH = 32
 # How long accepting pauses after running out of file descriptors or memory.
 _ACCEPT_PAUSE = 1.0
 # How long inetd mode waits for the last bytes to reach stdout after the session ends.
@@ -83,13 +85,16 @@ _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 
 
 def serve(options: Options, handle: Handler, *, reload: Callable[[], None],
-          prog: str, grace: float = SHUTDOWN_GRACE) -> int:
+          prog: str, grace: float = SHUTDOWN_GRACE, start: Handler | None = None) -> int:
     """Run the daemon (or the one inetd connection) until it stops; return the exit status.
 
     ``handle(conn, client_addr, local_addr)`` runs one connection to its end and
-    closes ``conn``. Logging must already be set up (``log.setup_logging``).
+    closes ``conn`` (on a pool thread). ``start``, when given, is used instead by
+    the daemon: it hands the connection to the event loop and returns at once
+    (perditionpy.app, perditionpy.relay_hub). Logging must already be set up
+    (``log.setup_logging``).
     """
-    return Server(options, handle, reload=reload, prog=prog, grace=grace).run()
+    return Server(options, handle, reload=reload, prog=prog, grace=grace, start=start).run()
 
 
 # ---------------------------------------------------------------- listeners
@@ -380,8 +385,10 @@ def _stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _tune_client_socket(conn: socket.socket, keepalive: bool) -> None:
-    conn.setblocking(True)
+def _tune_client_socket(conn: socket.socket, keepalive: bool, *, blocking: bool) -> None:
+    """TCP_NODELAY (and SO_KEEPALIVE with -K); blocking for a thread of its own,
+    non-blocking for the event loop."""
+    conn.setblocking(blocking)
     if conn.family in (socket.AF_INET, socket.AF_INET6):
         # Sessions coalesce their writes; Nagle would only add latency.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -396,14 +403,15 @@ class Server:
 
     def __init__(self, options: Options, handle: Handler, *,
                  reload: Callable[[], None], prog: str,
-                 grace: float = SHUTDOWN_GRACE) -> None:
+                 grace: float = SHUTDOWN_GRACE, start: Handler | None = None) -> None:
         self._options = options
         self._handle = handle
+        self._start = start
         self._reload = reload
         self._prog = prog
         self._grace = grace
         self._wakeup = _Wakeup()
-        self._connections = _Connections(self._wakeup.post)
+        self._connections = _Connections(self._connection_ended)
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
         self._accepting = False
@@ -417,6 +425,13 @@ class Server:
     def stop(self) -> None:
         """Ask the server to stop, as SIGTERM does; callable from any thread."""
         self._wakeup.post(signal.SIGTERM)
+
+    def _connection_ended(self) -> None:
+        """(any thread) The main loop counts connections only under -L or while
+        stopping, or in inetd mode: otherwise it need not wake."""
+        if (self._options.connection_limit > 0 or self._stop_at is not None
+                or self._options.inetd_mode):
+            self._wakeup.post()
 
     def run(self) -> int:
         """Start, serve until stopped, clean up; return the exit status."""
@@ -498,7 +513,7 @@ class Server:
         self._wakeup.close()
         self._selector.close()
         self._wakeup = _Wakeup()
-        self._connections = _Connections(self._wakeup.post)
+        self._connections = _Connections(self._connection_ended)
         self._selector = selectors.DefaultSelector()
         self._wakeup.install()
         try:
@@ -569,22 +584,41 @@ class Server:
             conn.close()
             self._connections.discard(conn)
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept_waiting(self, listener: socket.socket) -> None:
+        """Take the connections waiting on ``listener``, a bounded batch at a time
+        (the event loop then starts them together)."""
+        for _ in range(_ACCEPT_BATCH):
+            if not (self._may_accept() and self._accept(listener)):
+                return
+
+    def _accept(self, listener: socket.socket) -> bool:
+        """Take one connection; False when none was waiting (or accepting failed)."""
         try:
             conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return  # the client gave up, or another readiness already took it
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ConnectionAbortedError:
+            return True  # the client gave up: look for the next one
         except OSError as exc:
             self._accept_failed(exc)
-            return
+            return False
         try:
-            _tune_client_socket(conn, self._options.tcp_keepalive)
+            _tune_client_socket(conn, self._options.tcp_keepalive,
+                                blocking=self._start is None)
             client, local = plain_address(conn.getpeername()), plain_address(conn.getsockname())
         except OSError as exc:  # reset before we got to it
             logger.debug("Dropping a connection that went away: %s", exc)
             conn.close()
-            return
-        self._spawn(conn, client, local, self._handle)
+            return True
+        if self._start is None:
+            self._spawn(conn, client, local, self._handle)
+            return True
+        try:
+            self._start(conn, client, local)
+        except Exception:  # one connection lost, never the daemon
+            logger.exception("Fatal error starting the connection from %s", client)
+            conn.close()
+        return True
 
     def _accept_failed(self, exc: OSError) -> None:
         logger.error("Error accepting a connection: %s", exc.strerror or exc)
@@ -602,7 +636,7 @@ class Server:
                 if key.data is None:
                     self._wakeup.drain()
                 elif self._may_accept():
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
+                    self._accept_waiting(key.fileobj)  # type: ignore[arg-type]
             self._act_on_signals()
             self._check_grace()
             self._update_accepting()
@@ -630,15 +664,34 @@ class Server:
 
     def _update_accepting(self) -> None:
         wanted = self._may_accept() and bool(self._listeners)
+        if self._start is not None and self._listeners:
+            # The event loop accepts (and stops by itself at -L); follow it.
+            hub = relay_hub.hub()
+            if wanted != hub.listening():
+                if wanted:
+                    hub.listen(self._listeners, self._accept_in_loop)
+                else:
+                    hub.stop_listening()
         if wanted == self._accepting:
             return
         self._accepting = wanted
-        for listener in self._listeners:
-            if wanted:
-                self._selector.register(listener, selectors.EVENT_READ, "listen")
-            else:
-                self._selector.unregister(listener)
+        if self._start is None:
+            for listener in self._listeners:
+                if wanted:
+                    self._selector.register(listener, selectors.EVENT_READ, "listen")
+                else:
+                    self._selector.unregister(listener)
         self._log_accepting(wanted)
+
+    def _accept_in_loop(self, listener: socket.socket) -> bool:
+        """(the event loop's thread) Take what waits on ``listener``; False to stop
+        listening (-L reached, or stopping): the main loop is told, and resumes
+        listening when it may."""
+        self._accept_waiting(listener)
+        if self._may_accept():
+            return True
+        self._wakeup.post()
+        return False
 
     def _log_accepting(self, accepting: bool) -> None:
         limit = self._options.connection_limit
@@ -696,10 +749,12 @@ class Server:
     # -- clean-up
 
     def _close_listeners(self) -> None:
-        if self._accepting:
+        if self._start is not None:
+            relay_hub.hub().stop_listening()  # before they close: the loop lets go of them
+        elif self._accepting:
             for listener in self._listeners:
                 self._selector.unregister(listener)
-            self._accepting = False
+        self._accepting = False
         for listener in self._listeners:
             listener.close()
         self._listeners = []

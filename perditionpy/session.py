@@ -1,9 +1,12 @@
 """One client connection, start to end: greet → authenticate → resolve →
 connect → back-end login → relay, with perdition's log lines.
 
-The session does the I/O and the waiting; the protocol engines decide what to
-say (perditionpy.protocol), the resolver decides where to go
-(perditionpy.resolve), the relay moves bytes (perditionpy.relay).
+The protocol engines decide what to say (perditionpy.protocol), the resolver
+decides where to go (perditionpy.resolve), the relay moves bytes
+(perditionpy.relay, perditionpy.relay_hub).  The session decides when to wait
+for what: :meth:`Session.steps` is a generator of waits (perditionpy.waits),
+driven either by the relay hub's event loop (the daemon: no thread per login)
+or by :func:`perditionpy.waits.run_blocking` (:meth:`Session.run`: inetd mode).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from perditionpy import limits, pam
@@ -41,6 +45,7 @@ from perditionpy.resolve import ConnectTargetError, ResolveError, Route
 from perditionpy.tls import TlsContexts, TlsError, TlsMode
 from perditionpy.tls import close as close_socket
 from perditionpy.usernames import UsernameError
+from perditionpy.waits import Blocking, Connect, Recv, SendAll, Sleep, Steps, run_blocking
 
 __all__ = ["GreetingHosts", "Session", "SessionServices", "greeting_host"]
 
@@ -70,7 +75,7 @@ def greeting_host(options: Any, local: Address) -> str:
     address = local[0]
     if not options.no_lookup:
         try:
-            return socket.gethostbyaddr(address)[0]
+            return str(socket.gethostbyaddr(address)[0])
         except OSError:
             pass
     return address
@@ -97,6 +102,10 @@ class GreetingHosts:
                 self._hosts.clear()  # a host with very many addresses: start again
             self._hosts[key] = host
         return host
+
+    def cached(self, local: Address) -> str | None:
+        """The host name if already looked up (no I/O), else ``None``."""
+        return self._hosts.get(None if local is None else local[0])
 
     def clear(self) -> None:
         self._hosts = {}
@@ -132,28 +141,42 @@ class Session:
         self._mode = self._tls.mode if self._tls is not None else TlsMode()
         self._client_secure = "ssl" if self._mode.ssl_listen else "plaintext"
         self._server_secure = "ssl" if self._mode.ssl_outgoing else "plaintext"
-        self._engine = self._make_engine()
+        self._engine: Any = None  # made once the greeting's host name is known
         self._resolver = services.resolver.new_session()
+        self._quick = services.resolver.quick(services.current_map())
+        self._timeout = self._opt.authenticate_timeout or None
         self._tag = b"flim07"  # perdition's back-end tag sequence, per connection
 
-    def _make_engine(self) -> Any:
-        host = self._s.greeting_hosts.get(self._opt, self._local)
+    def _make_engine(self, host: str) -> Any:
         kind = (managesieve.ManageSieveFrontEnd if self._opt.protocol == "MANAGESIEVE"
                 else imap4.Imap4FrontEnd if self._opt.protocol.startswith("IMAP")
                 else pop3.Pop3FrontEnd)
         return kind(self._opt, greeting_host=host, checksum=self._s.checksum,
                     tls_listen=self._mode.tls_listen, tls_force=self._mode.tls_listen_force)
 
+    @property
+    def label(self) -> str:
+        """`` client->local`` for log lines about this connection."""
+        return self._from_to
+
     # -- the journey --------------------------------------------------------
 
     def run(self) -> None:
+        """The whole connection in this thread."""
+        run_blocking(self.steps())
+
+    def steps(self) -> Steps[None]:
+        """The whole connection, as waits for a driver (perditionpy.waits)."""
         try:
             self._log_connect()
-            self._conn.settimeout(self._opt.authenticate_timeout or None)
+            host = self._s.greeting_hosts.cached(self._local)
+            if host is None:  # a reverse lookup, once per local address
+                host = yield Blocking(self._s.greeting_hosts.get, (self._opt, self._local))
+            self._engine = self._make_engine(host)
             if self._mode.ssl_listen:
-                self._start_client_tls("SSL connection to client")
-            self._write(self._engine.greeting())
-            backend = self._authenticate()
+                yield from self._start_client_tls("SSL connection to client")
+            yield from self._write(self._engine.greeting())
+            backend = yield from self._authenticate()
             if backend is not None:
                 self._relay(*backend)
         except _ClientGone:
@@ -171,30 +194,31 @@ class Session:
         else:
             log.info("Connect: %s", self._from_to)
 
-    def _authenticate(self) -> tuple[socket.socket, Credentials, Route] | None:
+    def _authenticate(self) -> Steps[tuple[socket.socket, Credentials, Route] | None]:
         """Read commands until a login succeeds (→ back-end socket) or the client leaves."""
         while True:
             event = self._engine.next_event()
             if event is NEED_DATA:
-                self._engine.receive_data(self._read())
+                self._engine.receive_data((yield from self._read()))
             elif isinstance(event, Send):
-                self._send(event)
+                yield from self._send(event)
                 if event.close:
                     self._log_close_null()
                     return None
             elif isinstance(event, ClientClosed):
                 self._fatal_read_error()
             elif isinstance(event, StartTLS):
-                self._start_client_tls("TLS connection")
+                yield from self._start_client_tls("TLS connection")
                 self._client_secure = "starttls"
             elif isinstance(event, Credentials):
-                result = self._login(event)
+                result = yield from self._login(event)
                 if result is not None:
                     return result
 
-    def _read(self) -> bytes:
+    def _read(self) -> Steps[bytes]:
         try:
-            return self._conn.recv(limits.MAX_LINE_LENGTH)
+            data: bytes = yield Recv(self._conn, limits.MAX_LINE_LENGTH, self._timeout)
+            return data
         except TimeoutError:
             log.error("Fatal Error: Timeout reading authentication information from "
                       "client%s: Exiting child", self._from_to)
@@ -202,12 +226,12 @@ class Session:
         except OSError:
             return b""
 
-    def _start_client_tls(self, what: str) -> None:
+    def _start_client_tls(self, what: str) -> Steps[None]:
         """Replace the client socket by its TLS session (the handshake is bounded
         by --authenticate_timeout); a failure ends the connection."""
         assert self._tls is not None
         try:
-            self._conn = self._tls.accept(self._conn, self._opt.authenticate_timeout or None)
+            self._conn = yield Blocking(self._tls.accept, (self._conn, self._timeout))
         except TlsError as exc:
             log.error("Fatal error establishing %s%s: %s", what, self._from_to, exc)
             raise _ClientGone from None
@@ -217,14 +241,17 @@ class Session:
                   "Exiting child", self._from_to)
         raise _ClientGone
 
-    def _send(self, event: Send) -> None:
+    def _send(self, event: Send) -> Steps[None]:
         if event.delay:
-            self._s.sleep(limits.AUTH_FAIL_DELAY)
-        self._write(event.data)
+            yield self._delay()
+        yield from self._write(event.data)
 
-    def _write(self, data: bytes) -> None:
+    def _delay(self) -> Sleep:
+        return Sleep(limits.AUTH_FAIL_DELAY, self._s.sleep)
+
+    def _write(self, data: bytes) -> Steps[None]:
         try:
-            self._conn.sendall(data)
+            yield SendAll(self._conn, data, self._timeout)
         except OSError:
             raise _ClientGone from None
 
@@ -234,43 +261,51 @@ class Session:
 
     # -- one login attempt ---------------------------------------------------
 
-    def _login(self, cred: Credentials) -> tuple[socket.socket, Credentials, Route] | None:
+    def _login(self, cred: Credentials) -> Steps[tuple[socket.socket, Credentials, Route] | None]:
         self._server_secure = "ssl" if self._mode.ssl_outgoing else "plaintext"
         if self._opt.login_disabled or self._tls_required_first():
-            return self._fail(cred, None, "Login Disabled", port="(null)")
+            yield from self._fail(cred, None, "Login Disabled", port="(null)")
+            return None
         try:
             # The SASL authzid, when the client gave one, is the name perdition maps.
-            route = self._resolver.resolve(cred.authzid or cred.user, self._s.current_map(),
-                                           self._context())
+            args = (cred.authzid or cred.user, self._s.current_map(), self._context())
+            if self._quick:  # no server to ask, no DNS: cheaper than a thread hand-off
+                route = self._resolver.resolve(*args)
+            else:
+                route = yield Blocking(self._resolver.resolve, args)
         except ResolveError as exc:
-            return self._fail(cred, None, exc.client_text)
+            yield from self._fail(cred, None, exc.client_text)
+            return None
         except ConnectTargetError as exc:
-            return self._fail(cred, None, exc.client_text)
+            yield from self._fail(cred, None, exc.client_text)
+            return None
         except UsernameError as exc:
             log.error('Fatal error manipulating username for client "%s": %s',
                       self._client[0] if self._client else "", exc)
             raise _ClientGone from None
-        if self._opt.authenticate_in and not self._local_auth(cred, route):
+        if self._opt.authenticate_in and not (yield from self._local_auth(cred, route)):
             return None
-        backend = self._connect(route)
+        backend = yield from self._connect(route)
         if backend is None:
-            return self._fail(cred, route, "Could not connect to server")
-        return self._backend_login(cred, route, backend)
+            yield from self._fail(cred, route, "Could not connect to server")
+            return None
+        return (yield from self._backend_login(cred, route, backend))
 
-    def _local_auth(self, cred: Credentials, route: Route) -> bool:
+    def _local_auth(self, cred: Credentials, route: Route) -> Steps[bool]:
         """``-a``: PAM must accept the client before the back-end is contacted."""
         try:
             text = pam.failure_text(self._opt.protocol)
             user = self._resolver.local_auth_user(route.authorisation_id, self._context())
-            result = pam.authenticate(user, cred.password, rhost=pam.rhost(self._client))
+            result = yield Blocking(partial(pam.authenticate, rhost=pam.rhost(self._client)),
+                                    (user, cred.password))
         except (pam.PamError, UsernameError) as exc:
             log.error("Fatal error authenticating to client locally%s: %s. Exiting child.",
                       self._from_to, exc)
             raise _ClientGone from None
         if result.ok:
             return True
-        self._s.sleep(limits.AUTH_FAIL_DELAY)
-        self._write(self._engine.reply_failure(text))
+        yield self._delay()
+        yield from self._write(self._engine.reply_failure(text))
         log.info("Local authentication failure for client: Allowing retry.")
         self._log_auth(cred, route, "failed: local authentication failure")
         return False
@@ -283,53 +318,67 @@ class Session:
         return LookupContext(client=self._client, local=self._local,
                              domain_delimiter=self._opt.domain_delimiter)
 
-    def _connect(self, route: Route) -> socket.socket | None:
-        timeout = self._opt.authenticate_timeout or None
+    def _connect(self, route: Route) -> Steps[socket.socket | None]:
         try:
-            sock = _open_connection(route.server, route.port, timeout)
+            sock: socket.socket = yield Connect(route.server, route.port, self._timeout)
         except OSError as exc:
             log.debug("connect to %s:%s failed: %s", route.server, route.port, exc)
             return None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._opt.tcp_keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._tune_backend(sock)
         if self._mode.ssl_outgoing:
             try:
-                return self._server_tls(sock, route, "SSL")
+                return (yield from self._server_tls(sock, route, "SSL"))
             except TlsError:
                 return None
         return sock
 
-    def _server_tls(self, sock: socket.socket, route: Route, what: str) -> socket.socket:
+    def _tune_backend(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._opt.tcp_keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def _server_tls(self, sock: socket.socket, route: Route, what: str,
+                    again: Any = None) -> Steps[socket.socket]:
         """Our TLS session with the back-end, its certificate checked; a failure
-        is logged with its reason and closes ``sock``."""
+        is logged with its reason and closes ``sock``.  ``again(timeout)`` opens
+        a new connection up to the same point, should a self-signed certificate
+        the options accept call for a retry (by default: the same TCP connection)."""
         assert self._tls is not None
         try:
-            return self._tls.connect(sock, route.server, self._opt.authenticate_timeout or None)
+            tls: socket.socket = yield Blocking(
+                partial(self._tls.connect, reconnect=again), (sock, route.server, self._timeout))
+            return tls
         except TlsError as exc:
             log.error("Error establishing %s connection to server %s:%s%s: %s",
                       what, route.server, route.port, self._from_to, exc)
             raise
 
     def _backend_login(self, cred: Credentials, route: Route, sock: socket.socket
-                       ) -> tuple[socket.socket, Credentials, Route] | None:
+                       ) -> Steps[tuple[socket.socket, Credentials, Route] | None]:
         login = self._make_backend_login(route.login_user, cred.password, cred=cred)
         holder = [sock]  # _drive swaps in the TLS socket after STARTTLS/STLS
+        again = partial(self._starttls_again, route, cred)
         try:
-            result = self._drive(login, holder, route)
+            result = yield from self._drive(login, holder, route, again)
         except TlsError:
-            return self._fail(cred, route, "Could not connect to server")
+            yield from self._fail(cred, route, "Could not connect to server")
+            return None
         except (OSError, _BackendFailed) as exc:
             holder[0].close()
             raise _BackendFailed(str(exc) or type(exc).__name__) from None
         sock = holder[0]
         if result.status is LoginStatus.OK:
-            self._succeed(cred, route, result)
+            yield from self._succeed(cred, route, result)
             pipelined = self._engine.pending_data()
             if pipelined:  # perdition drops these; a pipelining client expects them sent
-                sock.sendall(pipelined)
+                try:
+                    yield SendAll(sock, pipelined, self._timeout)
+                except OSError as exc:
+                    close_socket(sock)
+                    raise _BackendFailed(str(exc) or type(exc).__name__) from None
             return sock, cred, route
-        return self._backend_refused(cred, route, sock, login, result)
+        yield from self._backend_refused(cred, route, sock, login, result)
+        return None
 
     def _make_backend_login(self, user: str, password: str, *, cred: Credentials) -> Any:
         ours = self._engine.greeting_line
@@ -345,50 +394,83 @@ class Session:
                                            **tls)
         return pop3.Pop3BackendLogin(user, password, our_greeting=ours, **tls)
 
-    def _drive(self, login: Any, holder: list[socket.socket], route: Route) -> LoginResult:
+    def _drive(self, login: Any, holder: list[socket.socket], route: Route,
+               again: Any = None) -> Steps[LoginResult]:
         while True:
             event = login.next_event()
             sock = holder[0]
             if event is NEED_DATA:
-                login.receive_data(sock.recv(limits.MAX_LINE_LENGTH))
+                login.receive_data((yield Recv(sock, limits.MAX_LINE_LENGTH, self._timeout)))
             elif isinstance(event, ToBackend):
-                sock.sendall(event.data)
+                yield SendAll(sock, event.data, self._timeout)
             elif isinstance(event, ToClient):
-                self._write(event.data)
+                yield from self._write(event.data)
             elif isinstance(event, StartTLS):
-                holder[0] = self._server_tls(sock, route, "TLS")
+                holder[0] = yield from self._server_tls(sock, route, "TLS", again)
                 self._server_secure = "starttls"
             elif event.status is LoginStatus.PROTOCOL_ERROR:
                 raise _BackendFailed(f"unexpected reply from the server: {event.server_line!r}")
             else:
-                return event
+                result: LoginResult = event
+                return result
+
+    def _starttls_again(self, route: Route, cred: Credentials, timeout: float | None
+                        ) -> socket.socket:
+        """(on a worker thread) A new connection to the back-end, brought to where
+        the TLS handshake starts: its greeting read and STARTTLS/STLS accepted."""
+        return run_blocking(self._up_to_starttls(route, cred, timeout))
+
+    def _up_to_starttls(self, route: Route, cred: Credentials, timeout: float | None
+                        ) -> Steps[socket.socket]:
+        sock: socket.socket = yield Connect(route.server, route.port, timeout)
+        self._tune_backend(sock)
+        login = self._make_backend_login(route.login_user, cred.password, cred=cred)
+        try:
+            while True:
+                event = login.next_event()
+                if event is NEED_DATA:
+                    data = yield Recv(sock, limits.MAX_LINE_LENGTH, timeout)
+                    login.receive_data(data)
+                elif isinstance(event, ToBackend):
+                    yield SendAll(sock, event.data, timeout)
+                elif isinstance(event, StartTLS):
+                    return sock
+                elif not isinstance(event, ToClient):  # the client heard it the first time
+                    raise OSError("the server did not take STARTTLS again")
+        except BaseException:
+            sock.close()
+            raise
 
     def _backend_refused(self, cred: Credentials, route: Route, sock: socket.socket,
-                         login: Any, result: LoginResult) -> None:
-        self._quit(sock, login)
+                         login: Any, result: LoginResult) -> Steps[None]:
+        yield from self._quit(sock, login)
         if result.status is LoginStatus.LOOP:
-            return self._fail(cred, route, "Connection Negotiation Failure")
+            yield from self._fail(cred, route, "Connection Negotiation Failure")
+            return None
         if result.status is LoginStatus.TLS_NOT_PRESENT:
-            return self._fail(cred, route, "TLS not present")
+            yield from self._fail(cred, route, "TLS not present")
+            return None
         if result.status is LoginStatus.LOGIN_DISABLED:
-            self._s.sleep(limits.AUTH_FAIL_DELAY)  # perdition sleeps twice here
-            return self._fail(cred, route, "Login Disabled")
+            yield self._delay()  # perdition sleeps twice here
+            yield from self._fail(cred, route, "Login Disabled")
+            return None
         if result.status is LoginStatus.MECHANISM_UNAVAILABLE:
-            self._s.sleep(limits.AUTH_FAIL_DELAY)  # perdition sleeps twice here too
-            return self._fail(cred, route, "SASL mechanism unavailable")
+            yield self._delay()  # perdition sleeps twice here too
+            yield from self._fail(cred, route, "SASL mechanism unavailable")
+            return None
         if self._opt.server_resp_line:
-            self._s.sleep(limits.AUTH_FAIL_DELAY)
-            self._write(self._engine.reply_raw(result.server_line))
+            yield self._delay()
+            yield from self._write(self._engine.reply_raw(result.server_line))
             self._log_auth(cred, route, "failed: Re-Authentication Failure")
             return None
-        return self._fail(cred, route, "Re-Authentication Failure")
+        yield from self._fail(cred, route, "Re-Authentication Failure")
+        return None
 
-    def _quit(self, sock: socket.socket, login: Any) -> None:
+    def _quit(self, sock: socket.socket, login: Any) -> Steps[None]:
         """Say goodbye to the back-end and read its answer, as perdition does."""
         try:
-            sock.sendall(login.quit_bytes())
-            sock.settimeout(limits.AUTH_FAIL_DELAY)
-            sock.recv(limits.MAX_LINE_LENGTH)
+            yield SendAll(sock, login.quit_bytes(), self._timeout)
+            yield Recv(sock, limits.MAX_LINE_LENGTH, limits.AUTH_FAIL_DELAY)
         except OSError:
             pass
         finally:
@@ -397,20 +479,20 @@ class Session:
             self._tag = imap4.next_tag(login.tag)
 
     def _fail(self, cred: Credentials, route: Route | None, reason: str,
-              *, port: str | None = None) -> None:
+              *, port: str | None = None) -> Steps[None]:
         text = f"failed: {reason}"
-        self._s.sleep(limits.AUTH_FAIL_DELAY)
-        self._write(self._engine.reply_failure(text))
+        yield self._delay()
+        yield from self._write(self._engine.reply_failure(text))
         self._log_auth(cred, route, text, port=port)
         return None
 
-    def _succeed(self, cred: Credentials, route: Route, result: LoginResult) -> None:
+    def _succeed(self, cred: Credentials, route: Route, result: LoginResult) -> Steps[None]:
         """The OK and whatever the back-end sent after its own, in one write."""
         if self._opt.server_resp_line:
             reply = self._engine.reply_raw(result.server_line)
         else:
             reply = self._engine.reply_ok(self._opt.ok_line)
-        self._write(reply + result.trailing if result.trailing else reply)
+        yield from self._write(reply + result.trailing if result.trailing else reply)
         self._log_auth(cred, route, "ok")
 
     # -- log lines ---------------------------------------------------------
@@ -474,35 +556,6 @@ class Session:
                                    fileno=client.detach())
         relay_hub().add(client, backend, timeout=timeout, on_done=closing,
                         label=self._from_to)
-
-
-def _open_connection(host: str, port: int, timeout: float | None) -> socket.socket:
-    """``socket.create_connection`` without its ``getaddrinfo`` when ``host`` is
-    already an address (the usual back-end): one system call less per login."""
-    family = _address_family(host)
-    if family is None:
-        return socket.create_connection((host, port), timeout=timeout)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _address_family(host: str) -> int | None:
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-        return socket.AF_INET
-    except OSError:
-        pass
-    try:
-        socket.inet_pton(socket.AF_INET6, host)
-    except OSError:
-        return None
-    return None if "%" in host else socket.AF_INET6
 
 
 def _ids(cred: Credentials, route: Route | None) -> tuple[str, str]:

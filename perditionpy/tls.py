@@ -68,6 +68,10 @@ _SELF_SIGNED_OPTIONS = {
 }
 
 
+# Opens a new connection to the back-end, up to where the handshake starts.
+Reconnect = Callable[[float | None], socket.socket]
+
+
 class TlsSetupError(PerditionError):
     """A context could not be built (certificate, key, CA, DH or cipher trouble)."""
 
@@ -138,13 +142,16 @@ class TlsContexts:
         _handshake(tls, timeout)
         return tls
 
-    def connect(self, sock: socket.socket, server: str, timeout: float | None
-                ) -> ssl.SSLSocket:
+    def connect(self, sock: socket.socket, server: str, timeout: float | None, *,
+                reconnect: Reconnect | None = None) -> ssl.SSLSocket:
         """The client side of a handshake with the back-end ``server`` (a host
         name or address, checked against its certificate unless
-        ``--ssl_no_cn_verify``).  ``sock`` is taken over."""
+        ``--ssl_no_cn_verify``).  ``sock`` is taken over.  ``reconnect(timeout)``
+        opens a new connection up to the handshake, for the retry of a
+        self-signed certificate (default: the same TCP connection again, which
+        is right for SSL from the first byte; STARTTLS needs its dialogue)."""
         assert self.outgoing is not None
-        again = _Reconnect(sock) if self._forgiven else None
+        again = (reconnect or _Reconnect(sock).connect) if self._forgiven else None
         tls = self.outgoing.wrap_socket(sock, server_hostname=server or None,
                                         do_handshake_on_connect=False)
         try:
@@ -160,14 +167,14 @@ class TlsContexts:
             log.debug("SSL connection to %s using %s", server, tls.cipher())
         return tls
 
-    def _accept_self_signed(self, again: _Reconnect, server: str, timeout: float | None,
+    def _accept_self_signed(self, again: Reconnect, server: str, timeout: float | None,
                             failure: TlsError) -> ssl.SSLSocket:
         """The retry: a new connection, a handshake without verification, then
         the checks OpenSSL would still have made had it been told to forgive
         ``failure`` (perdition's verify callback)."""
         assert self._unverified is not None and failure.verify_code is not None
         try:
-            sock = again.connect(timeout)
+            sock = again(timeout)
         except OSError as exc:
             raise TlsError(f"{failure}; reconnecting to retry: "
                            f"{exc.strerror or exc}") from None
@@ -247,9 +254,8 @@ def _check_dates(tls: ssl.SSLSocket, cert: dict[str, Any], options: Any) -> None
 
 class _Reconnect:
     """What it takes to open the same TCP connection again, noted before the
-    socket is handed to OpenSSL: only done for SSL from the first byte (a
-    STARTTLS handshake cannot be retried without the protocol dialogue, see
-    :func:`_forgiven_codes`)."""
+    socket is handed to OpenSSL: the retry for SSL from the first byte (a
+    STARTTLS handshake is retried by the session, which knows the dialogue)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._address = sock.getpeername()[:2]
@@ -322,17 +328,11 @@ def _same_address(text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Addr
 
 
 def _forgiven_codes(options: Any, wanted: TlsMode) -> frozenset[int]:
-    """The verify codes the accept-self-signed options forgive.  The retry needs
-    a new connection, which only SSL from the first byte can have: under
-    tls_outgoing the options stop the start rather than silently do nothing."""
+    """The verify codes the accept-self-signed options forgive."""
     codes = frozenset(code for code, name in _SELF_SIGNED_OPTIONS.items()
                       if getattr(options, name))
     if not codes or not wanted.outgoing or options.ssl_no_cert_verify:
         return frozenset()
-    if not wanted.ssl_outgoing:
-        names = " and ".join(f"--{_SELF_SIGNED_OPTIONS[code]}" for code in sorted(codes))
-        raise TlsSetupError(f"{names} work with --ssl_mode ssl_outgoing only: a failed "
-                            "STARTTLS handshake cannot be retried")
     return codes
 
 

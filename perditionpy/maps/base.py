@@ -8,6 +8,11 @@ is closed on reload/shutdown::
         def get(self, key: str, context: LookupContext) -> UserServerPort | None: ...
         def close(self) -> None: ...
 
+A map whose lookups only read local files may say so with a class attribute
+``quick = True``: sessions then look it up in the event loop's thread instead
+of handing the lookup to a worker thread.  Any other map (one that asks a
+server, or a plug-in that does not say) is looked up on a worker thread.
+
 ``None`` means "not found" (perdition's -2, and also 0 with an empty string).
 Any failure to answer (source down, file unreadable, timeout) raises
 ``MapError`` naming the map; it never raises anything else into a session.

@@ -197,6 +197,8 @@ class BdbFile:
 class BdbMap:
     """perdition's Berkeley DB map: ``-m`` names the file, ``key`` → ``[user@]host[:port]``."""
 
+    quick = True  # a local file: looked up in the event loop, no thread hand-off
+
     name = "bdb"
 
     def __init__(self, options: str = "", *, binding: BdbBinding | None = None) -> None:

@@ -148,6 +148,8 @@ class CdbFile:
 class CdbMap:
     """perdition's CDB map: ``-m`` names the file, ``key`` → ``[user@]host[:port]``."""
 
+    quick = True  # a local file: looked up in the event loop, no thread hand-off
+
     name = "cdb"
 
     def __init__(self, options: str = "") -> None:

@@ -180,6 +180,8 @@ class GdbmFile:
 class GdbmMap:
     """perdition's GDBM map: ``-m`` names the file, ``key`` → ``[user@]host[:port]``."""
 
+    quick = True  # a local file: looked up in the event loop, no thread hand-off
+
     name = "gdbm"
 
     def __init__(self, options: str = "", *, binding: GdbmBinding | None = None) -> None:

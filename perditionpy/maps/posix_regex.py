@@ -454,6 +454,8 @@ def _read(path: str) -> bytes:
 class PosixRegexMap:
     """perdition's POSIX regex map: ``-m`` names the rules file."""
 
+    quick = True  # a local file: looked up in the event loop, no thread hand-off
+
     name = "posix_regex"
 
     def __init__(self, options: str = "", *, binding: RegexBinding | None = None) -> None:

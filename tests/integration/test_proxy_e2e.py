@@ -34,7 +34,7 @@ import pytest
 
 from tests.support import badservers
 from tests.support.dovecot import BIG_MESSAGE_SIZE, Dovecot, Login
-from tests.support.ports import LOOPBACK, free_port
+from tests.support.ports import LOOPBACK, free_port, read_greeting
 from tests.support.procs import REPO_ROOT, Proc, start_perditionpy
 from tests.support.scenarios import PERDITION_GDBM_LIBRARY, build_popmap, readable_dir
 from tests.support.tap import Tap
@@ -713,3 +713,49 @@ def test_inetd_mode(dovecot: Dovecot, tmp_path: Path) -> None:
         text,
         re.M,
     ), text
+
+
+# --------------------------------------------------------------------------- -L and SIGTERM
+
+
+def test_connection_limit_counts_sessions_logging_in_and_logged_in(
+    dovecot: Dovecot, run_perditionpy: Callable[..., Proc]
+) -> None:
+    """-L 2 in the event loop: one session still at the greeting and one relayed
+    fill the two slots; a third connection waits in the backlog, unanswered,
+    until one of them ends; the daemon then serves it."""
+    proxy = run_perditionpy(["-M", "", "-P", "IMAP4", "-L", "2",
+                             "-s", f"{LOOPBACK}:{dovecot.imap_port}"])
+    waiting = socket.create_connection((LOOPBACK, proxy.port), timeout=DEADLINE)
+    assert waiting.recv(4096).startswith(b"* OK")
+    relayed = imaplib.IMAP4(LOOPBACK, proxy.port, timeout=DEADLINE)
+    relayed.login("alice", "alice-pw")
+    third = socket.create_connection((LOOPBACK, proxy.port), timeout=DEADLINE)
+    proxy.wait_for_log(r"Connection limit of 2 reached")
+    third.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        third.recv(100)  # bounded check that nothing is sent while at the limit
+    waiting.close()
+    assert read_greeting(third, time.monotonic() + DEADLINE).startswith(b"* OK")
+    assert relayed.noop()[0] == "OK"  # the relayed session carried on throughout
+    relayed.logout()
+    third.close()
+    assert proxy.running()
+
+
+def test_sigterm_lets_a_login_in_progress_finish(
+    dovecot: Dovecot, run_perditionpy: Callable[..., Proc]
+) -> None:
+    """A session in the middle of logging in when SIGTERM comes finishes its login
+    and relays; the listener is closed at once; the daemon exits once it ends."""
+    proxy = run_perditionpy(["-M", "", "-P", "IMAP4", "-s", f"{LOOPBACK}:{dovecot.imap_port}"])
+    client = imaplib.IMAP4(LOOPBACK, proxy.port, timeout=DEADLINE)  # greeted, not logged in
+    os.kill(proxy.pid, signal.SIGTERM)
+    proxy.wait_for_log(r"Waiting up to \S+ seconds for 1 connection")
+    with pytest.raises(OSError):
+        socket.create_connection((LOOPBACK, proxy.port), timeout=DEADLINE).close()
+    client.login("alice", "alice-pw")
+    assert client.select("INBOX")[0] == "OK"
+    client.logout()
+    assert proxy.wait(DEADLINE) == 0
+    assert re.search(r'Closing session: .* authentication_id="alice"', proxy.log_text())

@@ -18,6 +18,7 @@ fixture is imported, so this module gets its own).
 from __future__ import annotations
 
 import base64
+import poplib
 import re
 import subprocess
 import time
@@ -37,7 +38,6 @@ from tests.integration.test_tls import (
     listen_args,
     outgoing_args,
     running,
-    start_command,
 )
 from tests.support.dovecot import Dovecot, TlsFiles
 from tests.support.ports import LOOPBACK, free_port
@@ -289,16 +289,24 @@ def self_signed_backends(openssl: str, pki: Pki, tmp_path_factory: pytest.TempPa
             server.stop()
 
 
-def imaps_args(pki: Pki, host: str, port: int, *extra: str) -> list[str]:
-    return ["-M", "", "-P", "IMAP4", "-s", f"{host}:{port}", "--ssl_mode", "ssl_outgoing",
+def imaps_args(pki: Pki, host: str, port: int, *extra: str, mode: str = "ssl_outgoing",
+               protocol: str = "IMAP4") -> list[str]:
+    return ["-M", "", "-P", protocol, "-s", f"{host}:{port}", "--ssl_mode", mode,
             *outgoing_args(pki), *extra]
+
+
+def backend_port(server: Dovecot, mode: str, protocol: str = "IMAP4") -> int:
+    """SSL from the first byte, or the plain port where STARTTLS/STLS is offered."""
+    if protocol == "POP3":
+        return server.pop3s_port if mode == "ssl_outgoing" else server.pop3_port
+    return server.imaps_port if mode == "ssl_outgoing" else server.imap_port
 
 
 # (back-end, host the proxy connects to, options, login reply, what the log says)
 SELF_SIGNED_CASES = {
     "refused_without_option": (
         "self_signed", "localhost", [], "failed: Could not connect to server",
-        r"Error establishing SSL connection to server localhost:\d+ \S+: "
+        r"Error establishing (?:SSL|TLS) connection to server localhost:\d+ \S+: "
         r"certificate verify failed: self-signed certificate$"),
     "accepted": (
         "self_signed", "localhost", ["--ssl_cert_accept_self_signed"], "OK You are so in",
@@ -325,28 +333,42 @@ SELF_SIGNED_CASES = {
 }
 
 
+@pytest.mark.parametrize("mode", ["ssl_outgoing", "tls_outgoing"])
 @pytest.mark.parametrize("case", list(SELF_SIGNED_CASES))
 def test_accepting_self_signed_backends(
-    pki: Pki, self_signed_backends: dict[str, Dovecot], tmp_path: Path, case: str
+    pki: Pki, self_signed_backends: dict[str, Dovecot], tmp_path: Path, case: str, mode: str
 ) -> None:
+    """SSL from the first byte, or STARTTLS: the retry without verification is made
+    on a new connection (brought through the STARTTLS dialogue again)."""
     backend, host, extra, reply, logged = SELF_SIGNED_CASES[case]
     server = self_signed_backends[backend]
-    with running(imaps_args(pki, host, server.imaps_port, *extra), tmp_path) as proxy:
+    args = imaps_args(pki, host, backend_port(server, mode), *extra, mode=mode)
+    with running(args, tmp_path) as proxy:
         assert reply in imap_login_reply(proxy.port)
         proxy.wait_for_log("(?m)" + logged)
         assert proxy.running()
+        if reply.startswith("OK"):
+            secure = "ssl" if mode == "ssl_outgoing" else "starttls"
+            proxy.wait_for_log(rf'server-secure={secure} status="ok"')
 
 
-def test_accept_self_signed_needs_ssl_outgoing(pki: Pki, tmp_path: Path) -> None:
-    """A failed STARTTLS handshake cannot be retried: refused at start-up."""
-    result = subprocess.run(
-        [*start_command(), "-P", "IMAP4", "--ssl_mode", "tls_outgoing",
-         "--ssl_cert_accept_self_signed", *outgoing_args(pki),
-         "-l", str(free_port()), "-b", LOOPBACK, "-s", "localhost"],
-        capture_output=True, timeout=DEADLINE, cwd=str(Path(__file__).parents[2]))
-    assert result.returncode != 0
-    assert "--ssl_cert_accept_self_signed work with --ssl_mode ssl_outgoing only" in \
-        result.stderr.decode()
+def test_a_self_signed_pop3_backend_is_accepted_after_stls(
+    pki: Pki, self_signed_backends: dict[str, Dovecot], tmp_path: Path
+) -> None:
+    server = self_signed_backends["self_signed"]
+    args = imaps_args(pki, "localhost", server.pop3_port, "--ssl_cert_accept_self_signed",
+                      mode="tls_outgoing", protocol="POP3")
+    with running(args, tmp_path) as proxy:
+        client = poplib.POP3(LOOPBACK, proxy.port, timeout=DEADLINE)
+        try:
+            client.user("alice")
+            assert client.pass_("alice-pw").startswith(b"+OK")
+            assert client.stat()[0] >= 0
+        finally:
+            client.quit()
+        proxy.wait_for_log(r"warning: self-signed certificate from server localhost accepted "
+                           r"\(ssl_cert_accept_self_signed\)")
+        proxy.wait_for_log(r'server-secure=starttls status="ok"')
 
 
 def test_an_unverified_retry_is_never_made_for_other_failures(

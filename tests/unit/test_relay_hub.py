@@ -4,16 +4,19 @@ shutdown, TLS.  Nothing here asserts on time; waits are only bounded."""
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from perditionpy import relay_hub
 from perditionpy.relay import RelayResult
 from perditionpy.relay_hub import RelayHub, splice_available
 
@@ -118,6 +121,32 @@ def test_a_plain_pair_is_spliced_and_never_copied(hub: RelayHub,
     assert result == RelayResult(3 * 1024 * 1024 + 17, 3 * 1024 * 1024 + 17, timed_out=False)
     assert hub.paths == {"splice": 1, "copy": 0}
     assert f"relay: splice test spliced={2 * (3 * 1024 * 1024 + 17)} copied=0" in caplog.text
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not splice_available(), reason="os.splice needs Linux")
+def test_idle_spliced_pairs_hold_no_pipe(hub: RelayHub) -> None:
+    """Each pair moves a line each way, then sits idle: it holds its two sockets,
+    not the four descriptors of two pipes (10,000 idle sessions need that)."""
+    count = 200
+    before = _open_descriptors()
+    pairs = [Ends(hub) for _ in range(count)]
+    for ends in pairs:
+        ends.client.sendall(b"a NOOP\r\n")
+        assert _read_exactly(ends.server, 8) == b"a NOOP\r\n"
+        ends.server.sendall(b"a OK\r\n")
+        assert _read_exactly(ends.client, 6) == b"a OK\r\n"
+    sockets = 4 * count  # our far ends and the hub's ends
+    spare = 2 * relay_hub._SPARE_PIPES + 8  # pipes kept for reuse, the hub's waker
+    deadline = time.monotonic() + DEADLINE
+    while _open_descriptors() - before > sockets + spare and time.monotonic() < deadline:
+        time.sleep(0.05)  # the hub returns a pipe just after its last write
+    assert _open_descriptors() - before <= sockets + spare
+    hub.close_all()
+    assert all(ends.finished() == RelayResult(8, 6, timed_out=False) for ends in pairs)
 
 
 def test_back_pressure_stops_reading_while_the_other_side_is_full(hub: RelayHub) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from perditionpy import session
+from perditionpy import waits
 from perditionpy.session import GreetingHosts
 
 
@@ -43,7 +43,7 @@ def test_numeric_back_end_needs_no_getaddrinfo(monkeypatch: pytest.MonkeyPatch) 
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         monkeypatch.setattr(socket, "getaddrinfo", no_resolver)
-        sock = session._open_connection("127.0.0.1", port, 5.0)
+        sock = waits.open_connection("127.0.0.1", port, 5.0)
         with sock, server.accept()[0]:
             assert sock.getpeername() == ("127.0.0.1", port)
             assert sock.gettimeout() == 5.0
@@ -52,7 +52,7 @@ def test_numeric_back_end_needs_no_getaddrinfo(monkeypatch: pytest.MonkeyPatch) 
 def test_names_still_resolve() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        with session._open_connection("localhost", port, 5.0) as sock, server.accept()[0]:
+        with waits.open_connection("localhost", port, 5.0) as sock, server.accept()[0]:
             assert sock.getpeername()[1] == port
 
 
@@ -61,4 +61,4 @@ def test_names_still_resolve() -> None:
     ("mail.example", None), ("fe80::1%eth0", None),
 ])
 def test_address_family(host: str, family: int | None) -> None:
-    assert session._address_family(host) == family
+    assert waits.address_family(host) == family

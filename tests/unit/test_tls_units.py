@@ -322,12 +322,12 @@ def test_which_verify_failures_are_forgiven(keypair: tuple[str, str], argv: list
     assert (built._unverified is not None) == bool(codes)
 
 
-def test_accept_self_signed_under_tls_outgoing_stops_the_start(keypair: tuple[str, str]) -> None:
-    options = opts("--ssl_mode", "tls_outgoing", "--ssl_ca_accept_self_signed",
-                   "--ssl_cert_accept_self_signed")
-    with pytest.raises(tls.TlsSetupError, match="--ssl_cert_accept_self_signed and "
-                       "--ssl_ca_accept_self_signed work with --ssl_mode ssl_outgoing only"):
-        tls.TlsContexts(options)
+def test_accept_self_signed_applies_to_starttls_towards_back_ends_too(
+        keypair: tuple[str, str]) -> None:
+    """Under tls_outgoing the session redoes the STARTTLS dialogue for the retry."""
+    options = opts("--ssl_mode", "tls_outgoing", "--ssl_ca_file", keypair[0],
+                   "--ssl_ca_accept_self_signed", "--ssl_cert_accept_self_signed")
+    assert tls.TlsContexts(options)._forgiven == {18, 19}
     # Without outgoing TLS at all the options have nothing to act on.
     assert tls.contexts(opts("--ssl_cert_accept_self_signed")) is None
 

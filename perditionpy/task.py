@@ -1,0 +1,240 @@
+"""One session's login phase driven by an event loop (the relay hub's thread).
+
+A :class:`Task` runs a session's generator of waits (perditionpy.waits) until
+it waits for something that is not ready, and tells its :class:`Loop` what to
+watch: a plain socket's readiness (with a deadline), a moment (a pause), or a
+:class:`~perditionpy.waits.Blocking` call for a worker thread.  Reads, writes
+and connects on plain sockets never leave the loop's thread; anything on a TLS
+socket, a connect by host name and every ``Blocking`` call run on a worker and
+resume the task when they return.  The session sees the results and the
+exceptions the blocking calls would give it (``TimeoutError`` at a deadline).
+
+A task is registered with the loop on at most one socket at a time: the one it
+waits on.  That keeps level-triggered readiness of a socket it is not waiting
+on (a client typing ahead while the back-end answers) from waking it in a loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import ssl
+import time
+from typing import Any, Protocol
+
+from perditionpy.waits import Connect, Recv, SendAll, Sleep, Steps, Wait, address_family
+
+__all__ = ["Loop", "Task"]
+
+log = logging.getLogger(__name__)
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
+
+
+class Loop(Protocol):
+    """What a task needs from the event loop that drives it."""
+
+    def watch_socket(self, task: Task, sock: socket.socket | None, events: int,
+                     old: socket.socket | None) -> None:
+        """Watch ``sock`` for ``events`` instead of ``old`` (either may be None)."""
+
+    def wake_at(self, task: Task, when: float) -> None:
+        """Call ``task.expire(loop, serial)`` at ``when`` (monotonic), ``serial`` being
+        the task's serial now."""
+
+    def offload(self, task: Task, wait: Wait) -> None:
+        """Run ``wait`` on a worker; then, in the loop's thread,
+        ``task.finish_offloaded(loop, serial, value, error)``."""
+
+    def ended(self, task: Task) -> None:
+        """The session is over (its generator returned or failed)."""
+
+
+def _nonblocking(sock: socket.socket) -> None:
+    if sock.gettimeout() != 0.0:
+        sock.setblocking(False)
+
+
+class Task:
+    """A session's generator and what it waits for now."""
+
+    __slots__ = ("steps", "client", "label", "wait", "sock", "events", "serial", "pending",
+                 "done", "spoke")
+
+    def __init__(self, steps: Steps[None], client: socket.socket, label: str = "") -> None:
+        self.steps = steps
+        self.client = client          # shut down when the daemon stops
+        self.label = label
+        self.wait: Wait | None = None
+        self.sock: socket.socket | None = None  # the socket watched for this task
+        self.events = 0
+        self.serial = 0               # bumped by every resumption: stale timers do nothing
+        self.pending: memoryview | socket.socket | None = None  # unsent bytes / connecting
+        self.done = False
+        # The socket last written to (or connected): a read from it right after
+        # would only find nothing yet, so it waits for readiness straight away.
+        self.spoke: socket.socket | None = None
+
+    # -- running the generator
+
+    def resume(self, loop: Loop, value: Any = None, error: BaseException | None = None) -> None:
+        """Run the session until it waits for something that is not ready."""
+        self.serial += 1
+        self.wait = self.pending = None
+        while True:
+            try:
+                wait = self.steps.send(value) if error is None else self.steps.throw(error)
+            except StopIteration:
+                self._end(loop)
+                return
+            except Exception:  # a bug must cost one connection, never the loop
+                log.exception("Fatal error in session%s", self.label)
+                self._end(loop)
+                return
+            value, error = None, None
+            try:
+                ready, value = self._begin(loop, wait)
+            except Exception as exc:  # handed to the session, as the call would raise it
+                error = exc
+                continue
+            if not ready:
+                self.wait = wait
+                return
+
+    def _begin(self, loop: Loop, wait: Wait) -> tuple[bool, Any]:
+        """Start ``wait``: (True, result) when it is done already, else (False, None)
+        with the loop told what to watch."""
+        if isinstance(wait, Recv) and not isinstance(wait.sock, ssl.SSLSocket):
+            if wait.sock is self.spoke:
+                self.spoke = None
+                _nonblocking(wait.sock)
+                self._block(loop, wait.sock, _READ, wait.timeout)
+                return False, None
+            return self._recv(loop, wait)
+        if isinstance(wait, SendAll) and not isinstance(wait.sock, ssl.SSLSocket):
+            self.pending = memoryview(wait.data)
+            return self._send(loop, wait)
+        if isinstance(wait, Connect) and address_family(wait.host) is not None:
+            return self._connect(loop, wait)
+        self._watch(loop, None, 0)
+        if isinstance(wait, Sleep):
+            loop.wake_at(self, time.monotonic() + wait.seconds)
+        else:  # Blocking, anything on TLS, a connect by name
+            loop.offload(self, wait)
+        return False, None
+
+    def _recv(self, loop: Loop, wait: Recv) -> tuple[bool, Any]:
+        _nonblocking(wait.sock)
+        try:
+            return True, wait.sock.recv(wait.size)
+        except (BlockingIOError, InterruptedError):
+            self._block(loop, wait.sock, _READ, wait.timeout)
+            return False, None
+
+    def _send(self, loop: Loop, wait: SendAll) -> tuple[bool, Any]:
+        _nonblocking(wait.sock)
+        data = self.pending
+        assert isinstance(data, memoryview)
+        try:
+            while data:
+                data = data[wait.sock.send(data):]
+        except (BlockingIOError, InterruptedError):
+            self.pending = data
+            self._block(loop, wait.sock, _WRITE, wait.timeout)
+            return False, None
+        self.spoke = wait.sock
+        return True, None
+
+    def _connect(self, loop: Loop, wait: Connect) -> tuple[bool, Any]:
+        family = address_family(wait.host)
+        assert family is not None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex((wait.host, wait.port))
+        except BaseException:
+            sock.close()
+            raise
+        if code == 0:
+            self.spoke = sock
+            return True, sock
+        if code not in _IN_PROGRESS:
+            sock.close()
+            raise OSError(code, os.strerror(code))
+        self.pending = sock
+        self._block(loop, sock, _WRITE, wait.timeout)
+        return False, None
+
+    def _block(self, loop: Loop, sock: socket.socket, events: int,
+               timeout: float | None) -> None:
+        self._watch(loop, sock, events)
+        if timeout is not None and self.wait is None:  # not when readiness was spurious
+            loop.wake_at(self, time.monotonic() + timeout)
+
+    def _watch(self, loop: Loop, sock: socket.socket | None, events: int) -> None:
+        if sock is not self.sock or events != self.events:
+            loop.watch_socket(self, sock, events, self.sock)
+            self.sock, self.events = sock, events if sock is not None else 0
+
+    def _end(self, loop: Loop) -> None:
+        self._watch(loop, None, 0)
+        self.done = True
+        loop.ended(self)
+
+    # -- called by the loop
+
+    def ready(self, loop: Loop) -> None:
+        """The watched socket is ready: carry the wait on."""
+        wait = self.wait
+        try:
+            if isinstance(wait, Recv):
+                ready, value = self._recv(loop, wait)
+            elif isinstance(wait, SendAll):
+                ready, value = self._send(loop, wait)
+            elif isinstance(wait, Connect):
+                ready, value = True, self._connected()
+            else:
+                return  # readiness for a wait that is over: nothing to do
+        except Exception as exc:
+            self.resume(loop, error=exc)
+            return
+        if ready:
+            self.resume(loop, value)
+
+    def _connected(self) -> socket.socket:
+        sock = self.pending
+        assert isinstance(sock, socket.socket)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            raise OSError(code, os.strerror(code))
+        self.spoke = sock  # its greeting is rarely there yet
+        return sock
+
+    def expire(self, loop: Loop, serial: int) -> None:
+        """A moment passed: the end of a pause, or a deadline."""
+        if serial != self.serial or self.done or self.wait is None:
+            return  # the wait it was set for is over
+        if isinstance(self.wait, Sleep):
+            self.resume(loop)
+            return
+        if isinstance(self.pending, socket.socket):
+            self.pending.close()
+        self.resume(loop, error=TimeoutError("timed out"))
+
+    def finish_offloaded(self, loop: Loop, serial: int, value: Any,
+                         error: BaseException | None) -> None:
+        if serial == self.serial and not self.done:
+            self.resume(loop, value, error)
+
+    def close(self) -> None:
+        """Stop at once (the loop is going away): the session's ``finally`` runs."""
+        if not self.done:
+            self.done = True
+            self.steps.close()
+

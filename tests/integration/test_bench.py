@@ -1,0 +1,139 @@
+"""bench/: the 10,000-session feasibility check, splitting the idle load over load
+generators, the descriptor counter, and the load generator's ``--tls`` against a
+real Dovecot serving IMAPS and POP3S with a certificate the runner makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import run
+from bench import targets as tg
+from bench.procstat import open_fds
+from tests.conftest import require
+from tests.support.dovecot import Dovecot, MailUser, dovecot_binary, make_message
+
+PASSWORD = "tls-pw"
+MESSAGE = make_message(1, "over tls", b"Some text.\n" * 2000)
+_RUN_TIMEOUT = 120.0
+
+
+def _target(spread: int | None, name: str = "perditionpy") -> tg.Target:
+    return tg.Target(name, name, 1, 2, (os.getpid(),), spread, "test")
+
+
+# --------------------------------------------------------------------------- feasibility
+
+
+def test_two_workers_can_hold_10000_where_one_process_cannot() -> None:
+    assert _target(2).can_hold(10_000, nofile=20_000) is None
+    reason = _target(1).can_hold(10_000, nofile=20_000)
+    assert reason is not None and "1 process(es)" in reason
+
+
+def test_feasibility_leaves_headroom_for_an_uneven_spread() -> None:
+    # 2 x 9,500 / 2 = 9,500 a worker if perfectly even, but a 10% skew needs 2 x 10,450.
+    assert _target(2).can_hold(19_000, nofile=20_000) is not None
+
+
+def test_forking_targets_are_never_skipped() -> None:
+    assert _target(None, "perdition").can_hold(10_000, nofile=1024) is None
+
+
+@pytest.mark.parametrize(("count", "nofile", "shares"), [
+    (10_000, 20_000, [10_000]),
+    (30_000, 20_000, [15_000, 15_000]),
+    (1_001, 600, [334, 334, 333]),
+])
+def test_idle_load_is_split_to_fit_each_generator(count: int, nofile: int,
+                                                  shares: list[int]) -> None:
+    assert run.idle_shares(count, nofile) == shares
+
+
+def test_open_fds_counts_a_new_socket() -> None:
+    before = open_fds([os.getpid()])[os.getpid()]
+    with socket.socket():
+        assert open_fds([os.getpid()])[os.getpid()] == before + 1
+
+
+def test_idle_summaries_of_several_generators_add_up() -> None:
+    outs = [{"ready": 3, "errors": 1, "logged_out": 3, "logout_errors": 0, "setup_s": 1.5,
+             "error_samples": ["a"], "logout_error_samples": []},
+            {"ready": 4, "errors": 0, "logged_out": 2, "logout_errors": 2, "setup_s": 2.0,
+             "error_samples": [], "logout_error_samples": ["b"]}]
+    merged = run._merge_idle(outs)
+    assert (merged["ready"], merged["errors"], merged["logged_out"]) == (7, 1, 5)
+    assert merged["error_samples"] == ["a"] and merged["logout_error_samples"] == ["b"]
+    assert merged["setup_s"] == 2.0
+
+
+# --------------------------------------------------------------------------- --tls
+
+
+@pytest.fixture(scope="module")
+def tls_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    require(dovecot_binary() is not None, "dovecot")
+    require(shutil.which("openssl") is not None, "openssl")
+    top = tmp_path_factory.mktemp("bench-tls")
+    users = (MailUser("tls0", PASSWORD.encode(), (MESSAGE,)),)
+    server = Dovecot(users=users, workdir=top / "dovecot", tls=tg.make_certificate(top / "tls"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def loadgen(workload: str, proto: str, port: int, *extra: str,
+            stdin: str = "") -> dict[str, object]:
+    argv = [sys.executable, str(run.LOADGEN), workload, "--proto", proto, "--port", str(port),
+            "--password", PASSWORD, "--user-prefix", "tls", "--users", "1", "--tls", *extra]
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                          timeout=_RUN_TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_certificate_is_a_pem_pair(tmp_path: Path) -> None:
+    require(shutil.which("openssl") is not None, "openssl")
+    files = tg.make_certificate(tmp_path)
+    assert files.cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY-----" in files.key.read_text()
+
+
+def test_tls_relay_imap_fetches_the_whole_message(tls_dovecot: Dovecot) -> None:
+    out = loadgen("relay", "imap", tls_dovecot.imaps_port, "--repeat", "2")
+    assert out["tls"] is True
+    assert out["bytes"] == len(MESSAGE)
+    assert len(out["mb_per_s"]) == 2  # type: ignore[arg-type]
+
+
+def test_tls_relay_pop3_fetches_the_whole_message(tls_dovecot: Dovecot) -> None:
+    out = loadgen("relay", "pop3", tls_dovecot.pop3s_port, "--repeat", "2")
+    # RETR's count ends before the terminating ".\r\n", after the message's last CRLF.
+    assert out["bytes"] == len(MESSAGE)
+
+
+def test_tls_idle_sessions_log_in_and_out(tls_dovecot: Dovecot) -> None:
+    out = loadgen("idle", "imap", tls_dovecot.imaps_port, "--count", "5", "--concurrency", "5",
+                  stdin="release\n")
+    assert (out["ready"], out["errors"], out["logged_out"]) == (5, 0, 5)
+
+
+def test_plain_client_does_not_pass_a_tls_listener(tls_dovecot: Dovecot) -> None:
+    argv = [sys.executable, str(run.LOADGEN), "logins", "--proto", "imap", "--port",
+            str(tls_dovecot.imaps_port), "--password", PASSWORD, "--user-prefix", "tls",
+            "--duration", "0.5", "--io-timeout", "2", "--max-logins", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=_RUN_TIMEOUT,
+                          check=False)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["logins"] == 0 and out["errors"] == 1
