@@ -43,7 +43,7 @@ from perditionpy.pool import WorkerPool, default_size
 from perditionpy.relay import RelayResult
 from perditionpy.task import Task
 from perditionpy.tls import close as close_socket
-from perditionpy.waits import Steps, Wait
+from perditionpy.waits import Blocking, Steps, Wait
 
 __all__ = ["RelayHub", "hub", "splice_available"]
 
@@ -289,6 +289,7 @@ class RelayHub:
         self._incoming: list[_Pair] = []
         self._new_tasks: list[Task] = []
         self._offloaded: list[tuple[Task, int, object, BaseException | None]] = []
+        self._handed_back: list[Task] = []  # sessions that ended on a worker
         self._tasks: set[Task] = set()
         self._timers: list[tuple[float, int, Task, int]] = []
         self._timer_order = itertools.count()
@@ -486,8 +487,11 @@ class RelayHub:
         with self._lock:
             new, self._new_tasks = self._new_tasks, []
             results, self._offloaded = self._offloaded, []
+            back, self._handed_back = self._handed_back, []
         for task, serial, value, error in results:
             task.finish_offloaded(self, serial, value, error)
+        for task in back:
+            task.finish_elsewhere(self)
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, task, serial = heapq.heappop(self._timers)
@@ -529,6 +533,18 @@ class RelayHub:
             with self._lock:
                 self._offloaded.append((task, serial, value, error))
                 first = len(self._offloaded) == 1  # else a wake-up is on its way already
+            if first:
+                self._wake()
+
+        assert self._workers is not None
+        self._workers.submit(job)
+
+    def hand_over(self, task: Task, wait: Blocking) -> None:
+        def job() -> None:
+            task.carry_on(wait)
+            with self._lock:
+                self._handed_back.append(task)
+                first = len(self._handed_back) == 1  # else a wake-up is on its way already
             if first:
                 self._wake()
 

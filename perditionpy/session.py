@@ -231,7 +231,7 @@ class Session:
         by --authenticate_timeout); a failure ends the connection."""
         assert self._tls is not None
         try:
-            self._conn = yield Blocking(self._tls.accept, (self._conn, self._timeout))
+            self._conn = yield Blocking(self._tls.accept, (self._conn, self._timeout), hold=True)
         except TlsError as exc:
             log.error("Fatal error establishing %s%s: %s", what, self._from_to, exc)
             raise _ClientGone from None
@@ -346,7 +346,8 @@ class Session:
         assert self._tls is not None
         try:
             tls: socket.socket = yield Blocking(
-                partial(self._tls.connect, reconnect=again), (sock, route.server, self._timeout))
+                partial(self._tls.connect, reconnect=again), (sock, route.server, self._timeout),
+                hold=True)
             return tls
         except TlsError as exc:
             log.error("Error establishing %s connection to server %s:%s%s: %s",

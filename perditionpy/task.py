@@ -25,7 +25,17 @@ import ssl
 import time
 from typing import Any, Protocol
 
-from perditionpy.waits import Connect, Recv, SendAll, Sleep, Steps, Wait, address_family
+from perditionpy.waits import (
+    Blocking,
+    Connect,
+    Recv,
+    SendAll,
+    Sleep,
+    Steps,
+    Wait,
+    address_family,
+    run_blocking,
+)
 
 __all__ = ["Loop", "Task"]
 
@@ -50,6 +60,10 @@ class Loop(Protocol):
     def offload(self, task: Task, wait: Wait) -> None:
         """Run ``wait`` on a worker; then, in the loop's thread,
         ``task.finish_offloaded(loop, serial, value, error)``."""
+
+    def hand_over(self, task: Task, wait: Blocking) -> None:
+        """Run ``wait`` and then ``task.carry_on(wait)`` on a worker; then, in the
+        loop's thread, ``task.finish_elsewhere(loop)``."""
 
     def ended(self, task: Task) -> None:
         """The session is over (its generator returned or failed)."""
@@ -124,6 +138,8 @@ class Task:
         self._watch(loop, None, 0)
         if isinstance(wait, Sleep):
             loop.wake_at(self, time.monotonic() + wait.seconds)
+        elif isinstance(wait, Blocking) and wait.hold:
+            loop.hand_over(self, wait)
         else:  # Blocking, anything on TLS, a connect by name
             loop.offload(self, wait)
         return False, None
@@ -231,6 +247,18 @@ class Task:
                          error: BaseException | None) -> None:
         if serial == self.serial and not self.done:
             self.resume(loop, value, error)
+
+    def carry_on(self, wait: Blocking) -> None:
+        """(on a worker) ``wait``, then the rest of the session, blocking."""
+        try:
+            run_blocking(self.steps, first=wait)
+        except Exception:  # a bug must cost one connection, never the worker
+            log.exception("Fatal error in session%s", self.label)
+
+    def finish_elsewhere(self, loop: Loop) -> None:
+        """The session ran to its end on a worker (:meth:`carry_on`)."""
+        if not self.done:
+            self._end(loop)
 
     def close(self) -> None:
         """Stop at once (the loop is going away): the session's ``finally`` runs."""

@@ -17,6 +17,15 @@ the handshakes.
   "self-signed certificate in certificate chain" (19) is retried on a new
   connection without verification, and the certificate then shown is checked
   here: self-signed (for 18), its names and its dates.
+* ``--ssl_cert_verify_depth N``: perdition's verify callback fails any
+  certificate more than N below the top of the verified chain, so a chain of
+  at most N + 1 certificates (leaf, intermediates, trust anchor) passes, on
+  both sides.  Each verifying context gets the OpenSSL verify depth that says
+  the same (:func:`_limit_depth`, through :mod:`perditionpy._verify_depth`), so
+  a longer chain fails inside the handshake with OpenSSL's "certificate chain
+  too long" (22); where no OpenSSL depth is exact (N = 0, or
+  ``--ssl_ca_accept_self_signed``) the verified chain is also counted after
+  the handshake.
 
 The protocol engines never see any of this: they only announce
 :class:`~perditionpy.protocol.base.StartTLS`; the session wraps its socket here.
@@ -40,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from perditionpy import _verify_depth
 from perditionpy.errors import PerditionError
 
 __all__ = ["TlsMode", "TlsContexts", "TlsError", "TlsSetupError", "mode", "contexts", "close"]
@@ -66,6 +76,7 @@ _SELF_SIGNED_OPTIONS = {
     _DEPTH_ZERO_SELF_SIGNED: "ssl_cert_accept_self_signed",
     _SELF_SIGNED_IN_CHAIN: "ssl_ca_accept_self_signed",
 }
+_CHAIN_TOO_LONG = 22          # X509_V_ERR_CERT_CHAIN_TOO_LONG
 
 
 # Opens a new connection to the back-end, up to where the handshake starts.
@@ -124,9 +135,17 @@ class TlsContexts:
     def __init__(self, options: Any) -> None:
         self.mode = mode(options)
         self._options = options
-        self.listen = _server_context(options) if self.mode.listen else None
-        self.outgoing = _client_context(options) if self.mode.outgoing else None
         self._forgiven = _forgiven_codes(options, self.mode)
+        # The longest verified chain, where a handshake's own limit is not exact.
+        self._recount: dict[str, int | None] = {"listen": None, "outgoing": None}
+        self.listen: ssl.SSLContext | None = None
+        self.outgoing: ssl.SSLContext | None = None
+        if self.mode.listen:
+            self.listen = _server_context(options)
+            self._recount["listen"] = _limit_depth(self.listen, options, frozenset())
+        if self.mode.outgoing:
+            self.outgoing = _client_context(options)
+            self._recount["outgoing"] = _limit_depth(self.outgoing, options, self._forgiven)
         # The retry's context: the same versions and ciphers, no verification.
         self._unverified = _unverified_context(options) if self._forgiven else None
 
@@ -139,7 +158,7 @@ class TlsContexts:
         assert self.listen is not None
         tls = self.listen.wrap_socket(sock.dup(), server_side=True,
                                       do_handshake_on_connect=False)
-        _handshake(tls, timeout)
+        self._verified_handshake(tls, timeout, "listen")
         return tls
 
     def connect(self, sock: socket.socket, server: str, timeout: float | None, *,
@@ -155,7 +174,7 @@ class TlsContexts:
         tls = self.outgoing.wrap_socket(sock, server_hostname=server or None,
                                         do_handshake_on_connect=False)
         try:
-            _handshake(tls, timeout)
+            self._verified_handshake(tls, timeout, "outgoing")
         except TlsError as exc:
             if again is None or exc.verify_code not in self._forgiven:
                 raise
@@ -166,6 +185,22 @@ class TlsContexts:
         if self._options.debug:
             log.debug("SSL connection to %s using %s", server, tls.cipher())
         return tls
+
+    def _verified_handshake(self, tls: ssl.SSLSocket, timeout: float | None, side: str
+                            ) -> None:
+        """A verifying handshake, then the chain's length where OpenSSL could
+        not be told perdition's limit exactly."""
+        depth = self._options.ssl_cert_verify_depth
+        try:
+            _handshake(tls, timeout)
+            limit = self._recount[side]
+            if limit is not None:
+                _check_chain_length(tls, limit)
+        except TlsError as exc:
+            if exc.verify_code == _CHAIN_TOO_LONG:
+                raise TlsError(f"{exc} (ssl_cert_verify_depth={depth})",
+                               _CHAIN_TOO_LONG) from None
+            raise
 
     def _accept_self_signed(self, again: Reconnect, server: str, timeout: float | None,
                             failure: TlsError) -> ssl.SSLSocket:
@@ -233,6 +268,17 @@ def _handshake(tls: ssl.SSLSocket, timeout: float | None) -> None:
     except OSError as exc:
         tls.close()
         raise TlsError(exc.strerror or str(exc) or "connection closed") from None
+
+
+def _check_chain_length(tls: ssl.SSLSocket, limit: int) -> None:
+    """Refuse a verified chain of more than ``limit`` certificates (none shown:
+    a client without a certificate, nothing to count)."""
+    sslobj = getattr(tls, "_sslobj", None)  # get_verified_chain() is public from 3.13
+    chain = sslobj.get_verified_chain() if sslobj is not None else None
+    if chain and len(chain) > limit:
+        tls.close()
+        raise TlsError("certificate verify failed: certificate chain too long",
+                       _CHAIN_TOO_LONG)
 
 
 def _check_dates(tls: ssl.SSLSocket, cert: dict[str, Any], options: Any) -> None:
@@ -334,6 +380,36 @@ def _forgiven_codes(options: Any, wanted: TlsMode) -> frozenset[int]:
     if not codes or not wanted.outgoing or options.ssl_no_cert_verify:
         return frozenset()
     return codes
+
+
+def _limit_depth(ctx: ssl.SSLContext, options: Any, forgiven: frozenset[int]) -> int | None:
+    """Give a verifying ``ctx`` the OpenSSL verify depth that accepts what
+    perdition accepts: a verified chain of at most ``ssl_cert_verify_depth`` + 1
+    certificates.  Returns the chain length still to count after the handshake
+    (``None``: OpenSSL's limit is exact).
+
+    OpenSSL's depth D counts the CAs between the leaf and the trust anchor: a
+    trusted chain of D + 2 certificates passes, one more fails with 22.  So D
+    is N - 1, except that D cannot say "the leaf alone" (N = 0), and that an
+    untrusted chain ending in a self-signed CA reports 19 (which
+    ``--ssl_ca_accept_self_signed`` forgives) only up to D + 1 certificates: to
+    forgive it exactly where perdition does, D is then N and trusted chains are
+    counted.
+    """
+    if ctx.verify_mode == ssl.CERT_NONE:
+        return None  # perdition's depth only ever bounds a verification
+    wanted = options.ssl_cert_verify_depth
+    in_chain = _SELF_SIGNED_IN_CHAIN in forgiven
+    try:
+        _verify_depth.set_verify_depth(ctx, wanted if in_chain else max(wanted - 1, 0))
+    except _verify_depth.VerifyDepthError as exc:
+        if "ssl_cert_verify_depth" in options.explicit:
+            raise TlsSetupError(f"--ssl_cert_verify_depth cannot be applied with this "
+                                f"Python's ssl module: {exc}") from None
+        log.debug("ssl_cert_verify_depth %d not applied (OpenSSL's default limit "
+                  "stays): %s", wanted, exc)
+        return None
+    return wanted + 1 if in_chain or wanted == 0 else None
 
 
 def _unverified_context(options: Any) -> ssl.SSLContext:

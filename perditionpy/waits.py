@@ -68,10 +68,16 @@ class Connect:
 
 @dataclass(slots=True)
 class Blocking:
-    """Work that may block for long and has no descriptor to wait on."""
+    """Work that may block for long and has no descriptor to wait on.
+
+    ``hold``: the session carries on in the thread that did this work, blocking,
+    to its end (a TLS handshake: the TLS session is then read and written by that
+    one thread, as OpenSSL objects are best kept to one).
+    """
 
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
+    hold: bool = False
 
     def run(self) -> Any:
         return self.fn(*self.args)
@@ -92,10 +98,16 @@ Wait = Recv | SendAll | Connect | Blocking | Sleep
 Steps = Generator[Wait, Any, T]
 
 
-def run_blocking(steps: Steps[T]) -> T:
-    """Drive ``steps`` to its end in this thread; its return value."""
+def run_blocking(steps: Steps[T], *, first: Wait | None = None) -> T:
+    """Drive ``steps`` to its end in this thread; its return value.  ``first``:
+    a wait ``steps`` has yielded already, to carry out before resuming it."""
     value: Any = None
     error: BaseException | None = None
+    if first is not None:
+        try:
+            value = first.run()
+        except Exception as exc:
+            error = exc
     while True:
         try:
             wait = steps.send(value) if error is None else steps.throw(error)

@@ -46,6 +46,7 @@ from tests.integration.test_proxy_e2e import (
     pop3_messages,
 )
 from tests.support.dovecot import Dovecot, TlsFiles
+from tests.support.pki import make_ca, make_server
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.procs import Proc, start_perditionpy
 
@@ -68,71 +69,18 @@ class Pki:
     wrong_host: TlsFiles     # wrong.example only, signed by ``ca``
 
 
-_CA_CONFIG = """\
-[ca]
-default_ca = ca_default
-[ca_default]
-database = {dir}/index.txt
-new_certs_dir = {dir}
-serial = {dir}/serial
-default_md = sha256
-policy = any
-copy_extensions = copy
-unique_subject = no
-[any]
-commonName = supplied
-[server]
-basicConstraints = CA:FALSE
-keyUsage = digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-"""
-
-
-def _run(openssl: str, *args: str | Path) -> None:
-    subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
-
-
-def _make_ca(openssl: str, directory: Path, name: str) -> tuple[Path, Path]:
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    _run(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", f"/CN={name}",
-         "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return cert, key
-
-
-def _make_server(openssl: str, directory: Path, name: str, ca: tuple[Path, Path],
-                 san: str, dates: tuple[str, str] | None = None) -> TlsFiles:
-    """A server certificate signed by ``ca`` with ``openssl ca`` (which can backdate)."""
-    cadir = directory / f"{name}-ca"
-    cadir.mkdir()
-    (cadir / "index.txt").write_text("")
-    (cadir / "serial").write_text("1000\n")
-    config = cadir / "ca.cnf"
-    config.write_text(_CA_CONFIG.format(dir=cadir))
-    key, csr, cert = directory / f"{name}.key", cadir / "req.csr", directory / f"{name}.pem"
-    _run(openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=" + san.split(",")[0].split(":")[1],
-         "-addext", f"subjectAltName={san}")
-    validity = ["-startdate", dates[0], "-enddate", dates[1]] if dates else ["-days", "30"]
-    _run(openssl, "ca", "-batch", "-notext", "-config", config, "-extensions", "server",
-         "-cert", ca[0], "-keyfile", ca[1], "-in", csr, "-out", cert, *validity)
-    key.chmod(0o644)  # Dovecot's unprivileged processes read it when not root
-    return TlsFiles(cert=cert, key=key)
-
-
 def make_pki(openssl: str, directory: Path) -> Pki:
-    ca = _make_ca(openssl, directory, "ca")
-    other = _make_ca(openssl, directory, "other-ca")
+    ca = make_ca(openssl, directory, "ca")
+    other = make_ca(openssl, directory, "other-ca")
     here = "DNS:localhost,IP:127.0.0.1"
     return Pki(
         ca=ca[0],
-        server=_make_server(openssl, directory, "server", ca, here),
+        server=make_server(openssl, directory, "server", ca, here),
         other_ca=other[0],
-        other_server=_make_server(openssl, directory, "other-server", other, here),
-        expired=_make_server(openssl, directory, "expired", ca, here,
-                             ("20200101000000Z", "20200201000000Z")),
-        wrong_host=_make_server(openssl, directory, "wrong-host", ca, "DNS:wrong.example"),
+        other_server=make_server(openssl, directory, "other-server", other, here),
+        expired=make_server(openssl, directory, "expired", ca, here,
+                            ("20200101000000Z", "20200201000000Z")),
+        wrong_host=make_server(openssl, directory, "wrong-host", ca, "DNS:wrong.example"),
     )
 
 

@@ -156,7 +156,27 @@ def test_every_combination_writes_and_reads_a_script(
 ) -> None:
     name = f"tls-{client}-{backend}"
     args = sieve_args(pki, client, backend, tls_sieve.port(backend))
-    with running(args, tmp_path, ssl_first=client == "ssl") as proxy:
+    # Dovecot 2.3.19's managesieve-login on an implicit-TLS listener now and then
+    # never answers an AUTHENTICATE sent right after its greeting while other
+    # connections are being set up (reproduced without any proxy: a client doing
+    # just that, 8 at a time, stalls a few times in 64).  Such a stall is retried
+    # once on a fresh connection; anything else fails at once.
+    attempts = 2 if backend == "ssl" else 1
+    for attempt in range(attempts):
+        try:
+            match = _write_and_read_a_script(pki, tmp_path / str(attempt), args, client, name)
+            break
+        except TimeoutError:
+            if attempt + 1 == attempts:
+                raise
+    assert match.groups() == ("plaintext" if client == "plain" else client,
+                              "plaintext" if backend == "plain" else backend, "ok")
+    assert (tls_sieve.dovecot.home("alice") / "sieve" / f"{name}.sieve").read_bytes() == SCRIPT
+
+
+def _write_and_read_a_script(pki: Pki, log_dir: Path, args: list[str], client: str,
+                             name: str) -> re.Match[str]:
+    with running(args, log_dir, ssl_first=client == "ssl") as proxy:
         sieve, capability = connect(proxy.port, pki, client)
         assert b'"STARTTLS"' not in capability  # once TLS is on, or without tls_listen
         assert sieve.command(plain("alice", "alice-pw")) == (b'OK "You are so in"\r\n', [])
@@ -168,10 +188,7 @@ def test_every_combination_writes_and_reads_a_script(
         assert line.startswith(b"OK") and literals == [SCRIPT]
         assert sieve.command(b"LOGOUT\r\n")[0].startswith(b"OK")
         sieve.close()
-        match = auth_line(proxy, "alice")
-    assert match.groups() == ("plaintext" if client == "plain" else client,
-                              "plaintext" if backend == "plain" else backend, "ok")
-    assert (tls_sieve.dovecot.home("alice") / "sieve" / f"{name}.sieve").read_bytes() == SCRIPT
+        return auth_line(proxy, "alice")
 
 
 def test_openssl_s_client_starttls_sieve(

@@ -275,13 +275,39 @@ def test_explicit_lists_what_was_given() -> None:
 
 # ---------------------------------------------------------------- not implemented
 
-@pytest.mark.parametrize(("argv", "name"), [
-    (["--ssl_cert_verify_depth", "3"], "ssl_cert_verify_depth"),
-])
-def test_unimplemented_options_fail_loudly(argv: list[str], name: str) -> None:
+def _unimplemented(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Mark ``name`` as "only its default works" (every option works today)."""
+    specs = tuple(dataclasses.replace(spec, implemented=False) if spec.long == name else spec
+                  for spec in table.ALL)
+    monkeypatch.setattr(table, "ALL", specs)
+
+
+def test_unimplemented_options_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _unimplemented(monkeypatch, "ssl_cert_verify_depth")
     with pytest.raises(NotImplementedOption) as info:
-        opts(*argv)
-    assert str(info.value) == f"--{name}: not implemented yet"
+        opts("--ssl_cert_verify_depth", "3")
+    assert str(info.value) == "--ssl_cert_verify_depth: not implemented yet"
+    assert opts("--ssl_cert_verify_depth", "9").ssl_cert_verify_depth == 9
+
+
+def test_ssl_cert_verify_depth_is_implemented() -> None:
+    spec = next(spec for spec in table.ALL if spec.long == "ssl_cert_verify_depth")
+    assert spec.implemented is True
+    entry = help_text("perdition").split("--ssl_cert_verify_depth DEPTH:")[1].split(" --")[0]
+    assert "Not implemented" not in entry and "(default 9)" in entry
+
+
+@pytest.mark.parametrize(("text", "depth"), [("0", 0), ("3", 3), ("9", 9), ("100", 100)])
+def test_ssl_cert_verify_depth(text: str, depth: int, tmp_path: Path) -> None:
+    assert opts("--ssl_cert_verify_depth", text).ssl_cert_verify_depth == depth
+    conf = tmp_path / "p.conf"
+    conf.write_text(f"ssl_cert_verify_depth {text}\n")
+    assert opts("-f", str(conf)).ssl_cert_verify_depth == depth
+
+
+@pytest.mark.parametrize("text", ["-1", "three", ""])
+def test_ssl_cert_verify_depth_must_be_a_number(text: str) -> None:
+    assert fails("--ssl_cert_verify_depth", text).option == "ssl_cert_verify_depth"
 
 
 @pytest.mark.parametrize("argv", [
@@ -368,7 +394,8 @@ def test_bad_file_line_names_option_file_and_line(tmp_path: Path, text: str, opt
     assert f"{conf}:{line}:" in str(info.value) and option in str(info.value)
 
 
-def test_unimplemented_option_in_file(tmp_path: Path) -> None:
+def test_unimplemented_option_in_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _unimplemented(monkeypatch, "ssl_cert_verify_depth")
     conf = tmp_path / "p.conf"
     conf.write_text("ssl_cert_verify_depth 3\n")
     with pytest.raises(NotImplementedOption):
