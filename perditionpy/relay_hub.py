@@ -31,6 +31,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import selectors
 import socket
 import ssl
@@ -79,6 +80,54 @@ def _is_tls(sock: socket.socket) -> bool:
 
 def _pending(sock: socket.socket) -> bool:
     return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+class _Poller:
+    """epoll with the little ``selectors`` offers that the loop uses, minus its
+    per-call objects: ``register(obj, events, data)``, ``modify``, ``unregister``
+    (also of an object already closed or detached), ``select(timeout)`` →
+    ``[(obj, data)]``.  ``events`` are ``selectors``' EVENT_READ/EVENT_WRITE."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._fds: dict[object, int] = {}
+        self._objects: dict[int, tuple[object, object]] = {}
+
+    @staticmethod
+    def _mask(events: int) -> int:
+        return ((select.EPOLLIN if events & _READ else 0)
+                | (select.EPOLLOUT if events & _WRITE else 0))
+
+    def register(self, obj: socket.socket, events: int, data: object) -> None:
+        if obj in self._fds:
+            raise KeyError(f"{obj!r} is already registered")
+        fd = obj.fileno()
+        stale = self._objects.get(fd)
+        if stale is not None:  # closed while registered; its number is this one's now
+            self._fds.pop(stale[0], None)
+        try:
+            self._epoll.register(fd, self._mask(events))
+        except FileExistsError:  # the stale one's file is still open elsewhere
+            self._epoll.modify(fd, self._mask(events))
+        self._fds[obj] = fd
+        self._objects[fd] = (obj, data)
+
+    def modify(self, obj: socket.socket, events: int, data: object) -> None:
+        fd = self._fds[obj]
+        self._epoll.modify(fd, self._mask(events))
+        self._objects[fd] = (obj, data)
+
+    def unregister(self, obj: object) -> None:
+        fd = self._fds.pop(obj)
+        if self._objects[fd][0] is not obj:
+            return  # its number went to another socket after it closed
+        del self._objects[fd]
+        with contextlib.suppress(OSError):  # closed already: the kernel forgot it
+            self._epoll.unregister(fd)
+
+    def select(self, timeout: float) -> list[tuple[object, object]]:
+        objects = self._objects
+        return [objects[fd] for fd, _ in self._epoll.poll(timeout) if fd in objects]
 
 
 class _Pipes:
@@ -305,7 +354,7 @@ class RelayHub:
         self._watchers: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._waker: socket.socket | None = None
-        self._sel: selectors.BaseSelector | None = None
+        self._sel: _Poller | None = None
         self._pairs: set[_Pair] = set()
         self._pipes = _Pipes()
         self.paths = {"splice": 0, "copy": 0}  # pairs started on each path
@@ -389,7 +438,7 @@ class RelayHub:
     def _start(self) -> None:
         if self._thread is not None:
             return
-        self._sel = selectors.DefaultSelector()
+        self._sel = _Poller()
         self._workers = WorkerPool(default_size(), name="blocking")
         reader, self._waker = socket.socketpair()
         reader.setblocking(False)
@@ -428,8 +477,7 @@ class RelayHub:
         wait = 0.0 if hot else max(0.0, moment - time.monotonic())
         ready: set[_Pair] = set()
         woken: list[Task] = []
-        for key, _ in self._sel.select(wait):
-            data = key.data
+        for fileobj, data in self._sel.select(wait):
             if data is None:
                 with contextlib.suppress(OSError):
                     while reader.recv(4096):
@@ -437,10 +485,10 @@ class RelayHub:
             elif type(data) is Task:
                 woken.append(data)
             elif callable(data):  # a listener's accept
-                if self._listeners and not data(key.fileobj):
+                if self._listeners and not data(fileobj):
                     self._drop_listeners()
             else:
-                ready.add(data)
+                ready.add(data)  # type: ignore[arg-type]
         self._apply_listen_request()
         for task in woken:
             if not task.done:
