@@ -18,7 +18,6 @@ import encodings.idna  # noqa: F401
 import logging
 import os
 import socket
-import ssl
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -72,7 +71,7 @@ def greeting_host(options: Any, local: Address) -> str:
     client connected to (numeric with -n), or the node name with -B."""
     if options.no_bind_banner or local is None:
         return os.uname().nodename
-    address = local[0]
+    address = str(local[0])
     if not options.no_lookup:
         try:
             return str(socket.gethostbyaddr(address)[0])
@@ -133,6 +132,7 @@ class Session:
         self._s = services
         self._opt = services.options
         self._conn = conn
+        self._handed_over = False  # the relay hub owns the client socket now
         self._client = client
         self._local = local
         self._from_to = _from_to(client, local)
@@ -186,7 +186,8 @@ class Session:
         except Exception:  # a bug must cost one connection, never the daemon
             log.exception("Fatal error in session%s", self._from_to)
         finally:
-            close_socket(self._conn)
+            if not self._handed_over:
+                close_socket(self._conn)
 
     def _log_connect(self) -> None:
         if self._inetd_pid is not None:
@@ -545,17 +546,10 @@ class Session:
                 close_socket(backend)
             closing(result)
             return
-        client = self._conn
-        if isinstance(client, ssl.SSLSocket):
-            # run() closes self._conn when this returns: leave it a closed stand-in.
-            self._conn = socket.socket(socket.AF_UNIX)
-            self._conn.close()
-        else:
-            # The server's handle on this socket (the same object) closes a
-            # detached one harmlessly; the hub gets the descriptor.
-            client = socket.socket(client.family, client.type, client.proto,
-                                   fileno=client.detach())
-        relay_hub().add(client, backend, timeout=timeout, on_done=closing,
+        # Out of inetd mode nothing else holds the client socket (the server
+        # hands connections to the event loop): the hub takes it as it is.
+        self._handed_over = True
+        relay_hub().add(self._conn, backend, timeout=timeout, on_done=closing,
                         label=self._from_to)
 
 
