@@ -28,6 +28,7 @@ from tests.support.procs import (  # noqa: E402
     start_perditionpy,
 )
 from tests.support.tap import Tap  # noqa: E402
+from tests.support.whoami import WhoAmI  # noqa: E402
 
 
 def _in_ci() -> bool:
@@ -143,3 +144,11 @@ def openssl() -> str:
     require(path is not None, "openssl")
     assert path is not None
     return path
+
+
+@pytest.fixture
+def whoami() -> Iterator[WhoAmI]:
+    """A POP3 back-end answering ``WHO`` with the logged-in user (tests/support/whoami.py)."""
+    backend = WhoAmI()
+    yield backend
+    backend.close()

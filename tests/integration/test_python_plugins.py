@@ -21,22 +21,15 @@ from perditionpy.endpoints import UserServerPort
 from perditionpy.errors import MapError
 from perditionpy.maps import open_map
 from perditionpy.maps.base import LookupContext, Map
-from tests.integration.test_cabi_examples import WhoAmI, pop3_session
 from tests.support.ports import LOOPBACK
 from tests.support.procs import REPO_ROOT, Proc
 from tests.support.scenarios import readable_dir
+from tests.support.whoami import WhoAmI, pop3_session
 
 PLUGINS = REPO_ROOT / "plugins"
 CONTEXT = LookupContext(client=("127.0.0.7", 50000), local=(LOOPBACK, 110))
 
 RunProxy = Callable[..., Proc]
-
-
-@pytest.fixture
-def whoami() -> Iterator[WhoAmI]:
-    backend = WhoAmI()
-    yield backend
-    backend.close()
 
 
 def _dead_port() -> int:
