@@ -337,8 +337,7 @@ class RelayHub:
         self._lock = threading.Lock()
         self._incoming: list[_Pair] = []
         self._new_tasks: list[Task] = []
-        self._offloaded: list[tuple[Task, int, object, BaseException | None]] = []
-        self._handed_back: list[Task] = []  # sessions that ended on a worker
+        self._from_workers: list[Callable[[], None]] = []  # run in the loop's thread
         self._tasks: set[Task] = set()
         self._timers: list[tuple[float, int, Task, int]] = []
         self._timer_order = itertools.count()
@@ -534,12 +533,9 @@ class RelayHub:
         """New sessions, finished worker calls, and moments that came."""
         with self._lock:
             new, self._new_tasks = self._new_tasks, []
-            results, self._offloaded = self._offloaded, []
-            back, self._handed_back = self._handed_back, []
-        for task, serial, value, error in results:
-            task.finish_offloaded(self, serial, value, error)
-        for task in back:
-            task.finish_elsewhere(self)
+            done, self._from_workers = self._from_workers, []
+        for then in done:
+            then()
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, task, serial = heapq.heappop(self._timers)
@@ -578,11 +574,7 @@ class RelayHub:
                 value = wait.run()
             except Exception as exc:
                 error = exc
-            with self._lock:
-                self._offloaded.append((task, serial, value, error))
-                first = len(self._offloaded) == 1  # else a wake-up is on its way already
-            if first:
-                self._wake()
+            self._from_worker(lambda: task.finish_offloaded(self, serial, value, error))
 
         assert self._workers is not None
         self._workers.submit(job)
@@ -590,14 +582,18 @@ class RelayHub:
     def hand_over(self, task: Task, wait: Blocking) -> None:
         def job() -> None:
             task.carry_on(wait)
-            with self._lock:
-                self._handed_back.append(task)
-                first = len(self._handed_back) == 1  # else a wake-up is on its way already
-            if first:
-                self._wake()
+            self._from_worker(lambda: task.finish_elsewhere(self))
 
         assert self._workers is not None
         self._workers.submit(job)
+
+    def _from_worker(self, then: Callable[[], None]) -> None:
+        """(a worker) Have the loop's thread run ``then`` at its next turn."""
+        with self._lock:
+            self._from_workers.append(then)
+            first = len(self._from_workers) == 1  # else a wake-up is on its way already
+        if first:
+            self._wake()
 
     def ended(self, task: Task) -> None:
         self._tasks.discard(task)

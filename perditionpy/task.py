@@ -260,9 +260,3 @@ class Task:
         if not self.done:
             self._end(loop)
 
-    def close(self) -> None:
-        """Stop at once (the loop is going away): the session's ``finally`` runs."""
-        if not self.done:
-            self.done = True
-            self.steps.close()
-
