@@ -57,10 +57,15 @@ Pipe = tuple[int, int, int]  # read end, write end, capacity
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+_ALL = _READ | _WRITE
+_IN_EVENTS = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR | select.EPOLLPRI
+_OUT_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 # How often idle timeouts are checked (perdition's -t is in seconds).
 _SCAN_INTERVAL = 1.0
 # Empty pipes kept for the next transfer instead of being closed.
 _SPARE_PIPES = 64
+# The data of a parked registration (_Poller.park): its readiness is nobody's.
+_PARKED = object()
 
 
 # Largest single write to a TLS socket: one TLS record.
@@ -92,6 +97,7 @@ class _Poller:
         self._epoll = select.epoll()
         self._fds: dict[object, int] = {}
         self._objects: dict[int, tuple[object, object]] = {}
+        self._parked: dict[object, int] = {}  # object → its epoll mask (see park)
 
     @staticmethod
     def _mask(events: int) -> int:
@@ -100,11 +106,15 @@ class _Poller:
 
     def register(self, obj: socket.socket, events: int, data: object) -> None:
         if obj in self._fds:
-            raise KeyError(f"{obj!r} is already registered")
+            if obj not in self._parked:
+                raise KeyError(f"{obj!r} is already registered")
+            self._adopt(obj, events, data)
+            return
         fd = obj.fileno()
         stale = self._objects.get(fd)
         if stale is not None:  # closed while registered; its number is this one's now
             self._fds.pop(stale[0], None)
+            self._parked.pop(stale[0], None)
         try:
             self._epoll.register(fd, self._mask(events))
         except FileExistsError:  # the stale one's file is still open elsewhere
@@ -118,16 +128,58 @@ class _Poller:
         self._objects[fd] = (obj, data)
 
     def unregister(self, obj: object) -> None:
-        fd = self._fds.pop(obj)
-        if self._objects[fd][0] is not obj:
-            return  # its number went to another socket after it closed
-        del self._objects[fd]
-        with contextlib.suppress(OSError):  # closed already: the kernel forgot it
-            self._epoll.unregister(fd)
+        fd = self.forget(obj)
+        if fd is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:  # closed already: the kernel forgot it
+                pass
 
-    def select(self, timeout: float) -> list[tuple[object, object]]:
+    def forget(self, obj: object) -> int | None:
+        """Drop ``obj`` from the books only (its descriptor number, or ``None`` if
+        that went to another object meanwhile): right before closing a socket of
+        which no duplicate is open, as closing takes it out of the epoll set."""
+        self._parked.pop(obj, None)
+        fd = self._fds.pop(obj, None)
+        if fd is None or self._objects[fd][0] is not obj:
+            return None  # its number went to another socket after it closed
+        del self._objects[fd]
+        return fd
+
+    def park(self, obj: object, events: int) -> None:
+        """Keep ``obj``'s registration (``events``) without waking anyone, for
+        whoever registers it next in this turn: a session's back-end socket
+        going from its login to its relay costs no epoll change.  What
+        :meth:`settle` finds still parked is unregistered."""
+        fd = self._fds.get(obj)
+        if fd is not None and self._objects[fd][0] is obj:
+            self._objects[fd] = (obj, _PARKED)
+            self._parked[obj] = self._mask(events)
+
+    def _adopt(self, obj: socket.socket, events: int, data: object) -> None:
+        mask = self._mask(events)
+        fd = self._fds[obj]
+        if self._parked.pop(obj) != mask:
+            self._epoll.modify(fd, mask)
+        self._objects[fd] = (obj, data)
+
+    def settle(self) -> None:
+        """Unregister what is still parked."""
+        while self._parked:
+            self.unregister(next(iter(self._parked)))
+
+    def select(self, timeout: float) -> list[tuple[object, object, int]]:
+        """``(obj, data, events)`` for each ready object; a hang-up or an error
+        counts as both readable and writable (the next read or write tells)."""
         objects = self._objects
-        return [objects[fd] for fd, _ in self._epoll.poll(timeout) if fd in objects]
+        ready = []
+        for fd, mask in self._epoll.poll(timeout):
+            entry = objects.get(fd)
+            if entry is not None:
+                events = ((_READ if mask & _IN_EVENTS else 0)
+                          | (_WRITE if mask & _OUT_EVENTS else 0))
+                ready.append((entry[0], entry[1], events))
+        return ready
 
 
 class _Pipes:
@@ -280,7 +332,7 @@ class _Pair:
     """A client and its back-end, relayed until either side ends."""
 
     __slots__ = ("client", "server", "up", "down", "timeout", "on_done", "label", "last",
-                 "ending", "masks")
+                 "ending", "masks", "tls")
 
     def __init__(self, client: socket.socket, server: socket.socket, *,
                  timeout: float | None, on_done: OnDone, label: str, splice: bool) -> None:
@@ -291,14 +343,26 @@ class _Pair:
         self.last = time.monotonic()
         self.ending = False  # a side ended: only writing out what was read
         self.masks = [0, 0]  # events registered for client, server
+        self.tls = _is_tls(client) or _is_tls(server)
 
-    def step(self, pipes: _Pipes) -> bool:
-        """Move what can move without blocking; False when the pair is over."""
-        for flow in (self.up, self.down):
-            if not self.ending and flow.room() > 0 and not flow.fill(pipes):
-                self.ending = True
-            if not flow.drain(pipes):
-                return False
+    def step(self, pipes: _Pipes, client_events: int = _ALL, server_events: int = _ALL) -> bool:
+        """Move what can move without blocking; False when the pair is over.
+
+        ``client_events``/``server_events``: the readiness seen on each side
+        (both in full for a pair just added, or one with bytes inside OpenSSL).
+        A direction reads only when its source showed what its read waits for,
+        so a wake-up by one side costs no failed read of the other."""
+        up, down = self.up, self.down
+        if not self.ending and client_events & up.read_on and up.room() > 0 \
+                and not up.fill(pipes):
+            self.ending = True
+        if up.held and not up.drain(pipes):
+            return False
+        if not self.ending and server_events & down.read_on and down.room() > 0 \
+                and not down.fill(pipes):
+            self.ending = True
+        if down.held and not down.drain(pipes):
+            return False
         if self.up.active or self.down.active:
             self.up.active = self.down.active = False
             self.last = time.monotonic()
@@ -315,8 +379,8 @@ class _Pair:
 
     def hot(self) -> bool:
         """Decrypted bytes wait inside OpenSSL where no readiness will show them."""
-        return not self.ending and any(flow.room() > 0 and _pending(flow.src)
-                                       for flow in (self.up, self.down))
+        return self.tls and not self.ending and any(flow.room() > 0 and _pending(flow.src)
+                                                    for flow in (self.up, self.down))
 
     def result(self, timed_out: bool) -> RelayResult:
         return RelayResult(self.up.moved, self.down.moved, timed_out=timed_out)
@@ -339,7 +403,7 @@ class RelayHub:
         self._new_tasks: list[Task] = []
         self._from_workers: list[Callable[[], None]] = []  # run in the loop's thread
         self._tasks: set[Task] = set()
-        self._timers: list[tuple[float, int, Task, int]] = []
+        self._timers: list[tuple[float, int, Task]] = []
         self._timer_order = itertools.count()
         self._workers: WorkerPool | None = None
         # Listeners the loop accepts on, and how (Server._accept_in_loop).
@@ -474,32 +538,45 @@ class RelayHub:
         assert self._sel is not None
         moment = min(next_scan, self._timers[0][0]) if self._timers else next_scan
         wait = 0.0 if hot else max(0.0, moment - time.monotonic())
-        ready: set[_Pair] = set()
+        ready: dict[_Pair, list[int]] = {}  # the pair → events seen on client, server
         woken: list[Task] = []
-        for fileobj, data in self._sel.select(wait):
-            if data is None:
-                with contextlib.suppress(OSError):
+        for fileobj, data, events in self._sel.select(wait):
+            if type(data) is Task:
+                woken.append(data)
+            elif type(data) is _Pair:
+                seen = ready.get(data)
+                if seen is None:
+                    seen = ready[data] = [0, 0]
+                seen[fileobj is data.server] |= events
+            elif data is None:
+                try:
                     while reader.recv(4096):
                         pass
-            elif type(data) is Task:
-                woken.append(data)
+                except OSError:
+                    pass
+            elif data is _PARKED:
+                continue
             elif callable(data):  # a listener's accept
                 if self._listeners and not data(fileobj):
                     self._drop_listeners()
-            else:
-                ready.add(data)  # type: ignore[arg-type]
-        self._apply_listen_request()
+        if self._listen_request is not None or self._listen_applied is not None:
+            self._apply_listen_request()
         for task in woken:
             if not task.done:
                 task.ready(self)
         self._run_tasks()
-        ready.update(hot)
-        ready.update(self._take_incoming())
-        for pair in ready:
-            if pair in self._pairs:
-                self._step(pair)
+        for pair in hot:
+            ready[pair] = [_ALL, _ALL]
+        if self._incoming or self._close_all:
+            for pair in self._take_incoming():
+                ready[pair] = [_ALL, _ALL]
+        pairs = self._pairs
+        for pair, (client_events, server_events) in ready.items():
+            if pair in pairs:
+                self._step(pair, client_events, server_events)
+        self._sel.settle()
         # Only a read can leave bytes inside OpenSSL, and only stepped pairs read.
-        return [pair for pair in ready if pair in self._pairs and pair.hot()]
+        return [pair for pair in ready if pair in pairs and pair.hot()]
 
     # -- listeners
 
@@ -531,15 +608,20 @@ class RelayHub:
 
     def _run_tasks(self) -> None:
         """New sessions, finished worker calls, and moments that came."""
-        with self._lock:
-            new, self._new_tasks = self._new_tasks, []
-            done, self._from_workers = self._from_workers, []
-        for then in done:
-            then()
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, task, serial = heapq.heappop(self._timers)
-            task.expire(self, serial)
+        # Other threads only append to these (under the lock, then a wake-up):
+        # one seen empty here is looked at again on the turn that wake-up brings.
+        new: list[Task] = []
+        if self._new_tasks or self._from_workers:
+            with self._lock:
+                new, self._new_tasks = self._new_tasks, []
+                done, self._from_workers = self._from_workers, []
+            for then in done:
+                then()
+        if self._timers:
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:  # wake_at may rebuild the list
+                when, _, task = heapq.heappop(self._timers)
+                task.alarm(self, when)
         for task in new:
             self._tasks.add(task)
             task.resume(self)
@@ -548,8 +630,10 @@ class RelayHub:
                      old: socket.socket | None) -> None:
         assert self._sel is not None
         if old is not None and old is not sock:
-            with contextlib.suppress(KeyError, ValueError, OSError):
+            try:
                 self._sel.unregister(old)
+            except (KeyError, ValueError, OSError):
+                pass
         if sock is None:
             return
         if old is sock:
@@ -558,10 +642,10 @@ class RelayHub:
             self._sel.register(sock, events, task)
 
     def wake_at(self, task: Task, when: float) -> None:
-        heapq.heappush(self._timers, (when, next(self._timer_order), task, task.serial))
-        if len(self._timers) > 64 + 4 * len(self._tasks):  # mostly waits that ended early
+        heapq.heappush(self._timers, (when, next(self._timer_order), task))
+        if len(self._timers) > 64 + 4 * len(self._tasks):  # mostly sessions over by now
             self._timers = [entry for entry in self._timers
-                            if entry[2].serial == entry[3] and not entry[2].done]
+                            if entry[2].alarm_at == entry[0] and not entry[2].done]
             heapq.heapify(self._timers)
 
     def offload(self, task: Task, wait: Wait) -> None:
@@ -596,6 +680,11 @@ class RelayHub:
             self._wake()
 
     def ended(self, task: Task) -> None:
+        """``task`` is over; the socket it was watching may be its back-end's,
+        about to be relayed: its registration waits for that (parked)."""
+        if task.sock is not None:
+            assert self._sel is not None
+            self._sel.park(task.sock, task.events)
         self._tasks.discard(task)
         self._one_fewer()
 
@@ -613,9 +702,9 @@ class RelayHub:
             return []
         return new
 
-    def _step(self, pair: _Pair) -> None:
+    def _step(self, pair: _Pair, client_events: int = _ALL, server_events: int = _ALL) -> None:
         try:
-            going = pair.step(self._pipes)
+            going = pair.step(self._pipes, client_events, server_events)
             if going:
                 self._register(pair)
         except Exception:  # a bug must cost one pair, never the relay thread
@@ -648,9 +737,12 @@ class RelayHub:
         assert self._sel is not None
         self._pairs.discard(pair)
         for side, sock in enumerate((pair.client, pair.server)):
-            if pair.masks[side]:
-                with contextlib.suppress(KeyError, ValueError, OSError):
-                    self._sel.unregister(sock)
+            if not pair.masks[side]:
+                pass
+            elif _is_tls(sock):  # on a duplicate (tls.accept): the original may stay open
+                self._sel.unregister(sock)
+            else:
+                self._sel.forget(sock)  # closing it takes it out of the epoll set
             close_socket(sock)
         for flow in (pair.up, pair.down):
             flow.release()

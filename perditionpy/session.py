@@ -146,6 +146,10 @@ class Session:
         self._quick = services.resolver.quick(services.current_map())
         self._timeout = self._opt.authenticate_timeout or None
         self._tag = b"flim07"  # perdition's back-end tag sequence, per connection
+        # Back-end lines for the client not written yet: they go out with the
+        # next write to the client, or before the session next waits on anything
+        # else (so a client sees them when perdition would have sent them).
+        self._for_client = b""
 
     def _make_engine(self, host: str) -> Any:
         kind = (managesieve.ManageSieveFrontEnd if self._opt.protocol == "MANAGESIEVE"
@@ -251,6 +255,8 @@ class Session:
         return Sleep(limits.AUTH_FAIL_DELAY, self._s.sleep)
 
     def _write(self, data: bytes) -> Steps[None]:
+        if self._for_client:
+            data, self._for_client = self._for_client + data, b""
         try:
             yield SendAll(self._conn, data, self._timeout)
         except OSError:
@@ -401,12 +407,19 @@ class Session:
         while True:
             event = login.next_event()
             sock = holder[0]
+            if type(event) is ToClient:
+                # Held for the reply that usually follows in the same read: the
+                # client then gets both in one segment (a lone untagged line
+                # and the OK as two small writes cost it a wake-up each).
+                self._for_client += event.data
+                continue
+            if self._for_client and not (type(event) is LoginResult
+                                         and event.status is LoginStatus.OK):
+                yield from self._write(b"")
             if event is NEED_DATA:
                 login.receive_data((yield Recv(sock, limits.MAX_LINE_LENGTH, self._timeout)))
             elif isinstance(event, ToBackend):
                 yield SendAll(sock, event.data, self._timeout)
-            elif isinstance(event, ToClient):
-                yield from self._write(event.data)
             elif isinstance(event, StartTLS):
                 holder[0] = yield from self._server_tls(sock, route, "TLS", again)
                 self._server_secure = "starttls"

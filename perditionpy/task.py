@@ -54,8 +54,7 @@ class Loop(Protocol):
         """Watch ``sock`` for ``events`` instead of ``old`` (either may be None)."""
 
     def wake_at(self, task: Task, when: float) -> None:
-        """Call ``task.expire(loop, serial)`` at ``when`` (monotonic), ``serial`` being
-        the task's serial now."""
+        """Call ``task.alarm(loop, when)`` at ``when`` (monotonic) or soon after."""
 
     def offload(self, task: Task, wait: Wait) -> None:
         """Run ``wait`` on a worker; then, in the loop's thread,
@@ -66,7 +65,8 @@ class Loop(Protocol):
         loop's thread, ``task.finish_elsewhere(loop)``."""
 
     def ended(self, task: Task) -> None:
-        """The session is over (its generator returned or failed)."""
+        """The session is over (its generator returned or failed); the loop
+        lets go of ``task.sock`` (may be None), still watched for ``task.events``."""
 
 
 def _nonblocking(sock: socket.socket) -> None:
@@ -78,7 +78,7 @@ class Task:
     """A session's generator and what it waits for now."""
 
     __slots__ = ("steps", "client", "label", "wait", "sock", "events", "serial", "pending",
-                 "done", "spoke")
+                 "done", "spoke", "deadline", "alarm_at")
 
     def __init__(self, steps: Steps[None], client: socket.socket, label: str = "") -> None:
         self.steps = steps
@@ -87,19 +87,24 @@ class Task:
         self.wait: Wait | None = None
         self.sock: socket.socket | None = None  # the socket watched for this task
         self.events = 0
-        self.serial = 0               # bumped by every resumption: stale timers do nothing
+        self.serial = 0               # bumped by every resumption: stale results do nothing
         self.pending: memoryview | socket.socket | None = None  # unsent bytes / connecting
         self.done = False
         # The socket last written to (or connected): a read from it right after
         # would only find nothing yet, so it waits for readiness straight away.
         self.spoke: socket.socket | None = None
+        # When the wait now in progress times out (or a pause ends), and when the
+        # loop's one alarm for this task rings: most waits end long before their
+        # deadline, so a later deadline only moves the time an alarm finds.
+        self.deadline: float | None = None
+        self.alarm_at: float | None = None
 
     # -- running the generator
 
     def resume(self, loop: Loop, value: Any = None, error: BaseException | None = None) -> None:
         """Run the session until it waits for something that is not ready."""
         self.serial += 1
-        self.wait = self.pending = None
+        self.wait = self.pending = self.deadline = None
         while True:
             try:
                 wait = self.steps.send(value) if error is None else self.steps.throw(error)
@@ -123,21 +128,22 @@ class Task:
     def _begin(self, loop: Loop, wait: Wait) -> tuple[bool, Any]:
         """Start ``wait``: (True, result) when it is done already, else (False, None)
         with the loop told what to watch."""
-        if isinstance(wait, Recv) and not isinstance(wait.sock, ssl.SSLSocket):
+        kind = type(wait)
+        if kind is Recv and not isinstance(wait.sock, ssl.SSLSocket):
             if wait.sock is self.spoke:
                 self.spoke = None
                 _nonblocking(wait.sock)
                 self._block(loop, wait.sock, _READ, wait.timeout)
                 return False, None
             return self._recv(loop, wait)
-        if isinstance(wait, SendAll) and not isinstance(wait.sock, ssl.SSLSocket):
+        if kind is SendAll and not isinstance(wait.sock, ssl.SSLSocket):
             self.pending = memoryview(wait.data)
             return self._send(loop, wait)
-        if isinstance(wait, Connect) and address_family(wait.host) is not None:
+        if kind is Connect and address_family(wait.host) is not None:
             return self._connect(loop, wait)
         self._watch(loop, None, 0)
-        if isinstance(wait, Sleep):
-            loop.wake_at(self, time.monotonic() + wait.seconds)
+        if kind is Sleep:
+            self._alarm(loop, time.monotonic() + wait.seconds)
         elif isinstance(wait, Blocking) and wait.hold:
             loop.hand_over(self, wait)
         else:  # Blocking, anything on TLS, a connect by name
@@ -190,7 +196,13 @@ class Task:
                timeout: float | None) -> None:
         self._watch(loop, sock, events)
         if timeout is not None and self.wait is None:  # not when readiness was spurious
-            loop.wake_at(self, time.monotonic() + timeout)
+            self._alarm(loop, time.monotonic() + timeout)
+
+    def _alarm(self, loop: Loop, deadline: float) -> None:
+        self.deadline = deadline
+        if self.alarm_at is None or deadline < self.alarm_at:
+            self.alarm_at = deadline
+            loop.wake_at(self, deadline)
 
     def _watch(self, loop: Loop, sock: socket.socket | None, events: int) -> None:
         if sock is not self.sock or events != self.events:
@@ -198,9 +210,9 @@ class Task:
             self.sock, self.events = sock, events if sock is not None else 0
 
     def _end(self, loop: Loop) -> None:
-        self._watch(loop, None, 0)
         self.done = True
         loop.ended(self)
+        self.sock, self.events = None, 0
 
     # -- called by the loop
 
@@ -232,10 +244,18 @@ class Task:
         self.spoke = sock  # its greeting is rarely there yet
         return sock
 
-    def expire(self, loop: Loop, serial: int) -> None:
-        """A moment passed: the end of a pause, or a deadline."""
-        if serial != self.serial or self.done or self.wait is None:
-            return  # the wait it was set for is over
+    def alarm(self, loop: Loop, when: float) -> None:
+        """The alarm set for ``when`` rang: the end of a pause, a deadline, or
+        neither yet (the wait it was set for is over; the next one's deadline,
+        if any, gets the alarm)."""
+        if when != self.alarm_at or self.done:
+            return  # an alarm replaced by an earlier one
+        self.alarm_at = None
+        if self.deadline is None or self.wait is None:
+            return
+        if self.deadline > when:
+            self._alarm(loop, self.deadline)
+            return
         if isinstance(self.wait, Sleep):
             self.resume(loop)
             return
