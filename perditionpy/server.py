@@ -149,6 +149,10 @@ def _listen(family: int, sockaddr: Address, *, dualstack: bool = False,
     sock = socket.create_server(sockaddr, family=family, backlog=socket.SOMAXCONN,
                                 dualstack_ipv6=dualstack, reuse_port=reuse_port)
     sock.setblocking(False)
+    # Sessions coalesce their writes; Nagle would only add latency.  Linux
+    # hands a listener's TCP_NODELAY (and SO_KEEPALIVE) to each accepted
+    # socket: set once here, not per connection.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
@@ -204,8 +208,21 @@ def open_listeners(options: Options, *, reuse_port: bool = False) -> list[socket
             sock.close()
         raise
     for sock in sockets:
+        if options.tcp_keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         logger.debug("Listening on %s", _where(*sock.getsockname()[:2]))
     return sockets
+
+
+def _fixed_local_address(listener: socket.socket) -> Address | None:
+    """The local address of every connection ``listener`` accepts, if it is
+    bound to one address (``None`` for a wildcard: ask each connection)."""
+    address = listener.getsockname()
+    if not isinstance(address, tuple):
+        return None
+    if ipaddress.ip_address(address[0].split("%")[0]).is_unspecified:
+        return None
+    return plain_address(address)
 
 
 def plain_address(address: object) -> Address | None:
@@ -385,11 +402,13 @@ def _stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _tune_client_socket(conn: socket.socket, keepalive: bool, *, blocking: bool) -> None:
-    """TCP_NODELAY (and SO_KEEPALIVE with -K); blocking for a thread of its own,
+def _tune_client_socket(conn: socket.socket, keepalive: bool, *, blocking: bool,
+                        from_listener: bool = False) -> None:
+    """TCP_NODELAY (and SO_KEEPALIVE with -K), unless ``from_listener`` (accepted
+    from one of ours: it has them already); blocking for a thread of its own,
     non-blocking for the event loop."""
     conn.setblocking(blocking)
-    if conn.family in (socket.AF_INET, socket.AF_INET6):
+    if conn.family in (socket.AF_INET, socket.AF_INET6) and not from_listener:
         # Sessions coalesce their writes; Nagle would only add latency.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if keepalive:
@@ -414,6 +433,7 @@ class Server:
         self._connections = _Connections(self._connection_ended)
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
+        self._local_of: dict[socket.socket, Address | None] = {}  # see _fixed_local_address
         self._accepting = False
         self._paused_until = 0.0
         self._stop_at: float | None = None  # when the grace period ends
@@ -594,7 +614,7 @@ class Server:
     def _accept(self, listener: socket.socket) -> bool:
         """Take one connection; False when none was waiting (or accepting failed)."""
         try:
-            conn, _ = listener.accept()
+            conn, peer = listener.accept()
         except (BlockingIOError, InterruptedError):
             return False
         except ConnectionAbortedError:
@@ -604,8 +624,11 @@ class Server:
             return False
         try:
             _tune_client_socket(conn, self._options.tcp_keepalive,
-                                blocking=self._start is None)
-            client, local = plain_address(conn.getpeername()), plain_address(conn.getsockname())
+                                blocking=self._start is None, from_listener=True)
+            client = plain_address(peer)
+            if listener not in self._local_of:
+                self._local_of[listener] = _fixed_local_address(listener)
+            local = self._local_of[listener] or plain_address(conn.getsockname())
         except OSError as exc:  # reset before we got to it
             logger.debug("Dropping a connection that went away: %s", exc)
             conn.close()

@@ -175,9 +175,8 @@ class Task:
     def _connect(self, loop: Loop, wait: Connect) -> tuple[bool, Any]:
         family = address_family(wait.host)
         assert family is not None
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
-            sock.setblocking(False)
             code = sock.connect_ex((wait.host, wait.port))
         except BaseException:
             sock.close()

@@ -395,15 +395,15 @@ class Imap4BackendLogin:
         self._send(self.tag + b" CAPABILITY" + CRLF)
 
     def _untagged(self, line: bytes, raw: bytes) -> None:
-        words = line.split()
-        is_capability = len(words) > 1 and words[1].upper() == b"CAPABILITY"
         asking = self._step in (_Step.CAPABILITY, _Step.TLS_CAPABILITY)
-        if is_capability and asking and not self._capability_read:
-            self._capability_read = True
-            names = [w.upper() for w in words[2:]]
-            self._logindisabled = b"LOGINDISABLED" in names
-            self._offers_starttls = b"STARTTLS" in names
-            return
+        if asking and not self._capability_read:
+            words = line.split()
+            if len(words) > 1 and words[1].upper() == b"CAPABILITY":
+                self._capability_read = True
+                names = {w.upper() for w in words[2:]}
+                self._logindisabled = b"LOGINDISABLED" in names
+                self._offers_starttls = b"STARTTLS" in names
+                return
         # perdition consumes only the reply to its own CAPABILITY; it passes every
         # other untagged line on to the client (e.g. the capabilities Dovecot
         # announces with a successful LOGIN).
