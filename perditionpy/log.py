@@ -45,6 +45,7 @@ __all__ = [
     "SYSLOG_SOCKET",
     "LineFormatter",
     "level_for",
+    "line",
     "make_handler",
     "reopen",
     "setup_logging",
@@ -193,6 +194,57 @@ class _StreamHandler(_FormatOutsideLock, logging.StreamHandler[TextIO]):
 
 
 _OUR_HANDLERS = (_SyslogHandler, _FileHandler, _StreamHandler)
+
+
+class _Line:
+    """The little of a LogRecord that our handlers read (LineFormatter, emit,
+    handleError): :func:`line` hands them one of these instead."""
+
+    __slots__ = ("name", "msg", "args", "levelno", "levelname", "created", "exc_info",
+                 "exc_text", "stack_info", "process")
+
+    def __init__(self, name: str, level: int, msg: str, args: tuple[object, ...]) -> None:
+        self.name, self.msg, self.args = name, msg, args
+        self.levelno, self.levelname = level, logging.getLevelName(level)
+        self.created = time.time()
+        self.exc_info = self.exc_text = self.stack_info = self.process = None
+
+    def getMessage(self) -> str:  # noqa: N802 (LogRecord's name)
+        return self.msg % self.args if self.args else self.msg
+
+
+def _sole_handler(logger: logging.Logger, level: int) -> logging.Handler | None:
+    """Our handler on the root logger, if it is all that a line from ``logger``
+    at ``level`` would reach: no filters or other handlers on the way (a test's
+    capturing handler, say), nothing stopping propagation."""
+    root = logging.root
+    node: logging.Logger | None = logger
+    while node is not root:
+        assert node is not None
+        if node.filters or node.handlers or not node.propagate:
+            return None
+        node = node.parent
+    handlers = root.handlers
+    if root.filters or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if type(handler) not in _OUR_HANDLERS or handler.filters or level < handler.level:
+        return None
+    return handler
+
+
+def line(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+    """``logger.log(level, msg, *args)``: the same line in the same sink, for
+    the lines every login writes (Connect, Auth, Closing).  When one handler
+    of ours is all the line would reach, it gets the line without a LogRecord
+    being built and passed down the logger hierarchy."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_handler(logger, level)
+    if handler is None:
+        logger.log(level, msg, *args)
+    else:
+        handler.handle(_Line(logger.name, level, msg, args))  # type: ignore[arg-type]
 
 
 def writes_to_std_stream(log_facility: str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 from perditionpy import limits, pam
 from perditionpy.log import NOTICE
+from perditionpy.log import line as log_line
 from perditionpy.maps.base import LookupContext
 from perditionpy.protocol import imap4, managesieve, pop3
 from perditionpy.protocol.base import (
@@ -197,7 +198,7 @@ class Session:
         if self._inetd_pid is not None:
             log.info("Connect: %s inetd_pid=%d", self._from_to, self._inetd_pid)
         else:
-            log.info("Connect: %s", self._from_to)
+            log_line(log, logging.INFO, "Connect: %s", self._from_to)
 
     def _authenticate(self) -> Steps[tuple[socket.socket, Credentials, Route] | None]:
         """Read commands until a login succeeds (→ back-end socket) or the client leaves."""
@@ -535,7 +536,7 @@ class Session:
 
     def _log_auth(self, cred: Credentials, route: Route | None, status: str,
                   *, port: str | None = None) -> None:
-        log.log(NOTICE, "%s", self._auth_line(cred, route, status, port))
+        log_line(log, NOTICE, "%s", self._auth_line(cred, route, status, port))
 
     # -- after login -------------------------------------------------------
 
@@ -547,7 +548,8 @@ class Session:
         def closing(result: RelayResult) -> None:
             if result.timed_out:
                 log.info("Timeout piping data.")
-            log.info('Closing session:%s authorisation_id=%s authentication_id="%s" '
+            log_line(log, logging.INFO,
+                     'Closing session:%s authorisation_id=%s authentication_id="%s" '
                      'received=%d sent=%d', self._from_to, authorisation_id, user,
                      result.received, result.sent)
 
