@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from types import MappingProxyType
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 from perditionpy.errors import OptionError
 
@@ -112,11 +112,15 @@ class LineFormatter(logging.Formatter):
         text = record.getMessage()
         if record.exc_info:
             text = f"{text}\n{self.formatException(record.exc_info)}"
+        return self.line(text, record.created, record.process)
+
+    def line(self, text: str, created: float, pid: int | None = None) -> str:
+        """The line for the message ``text`` logged at ``created`` by ``pid``
+        (this process by default)."""
         # Client input may reach a message as lone surrogates; no sink can encode those.
         if not text.isascii():
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        pid = record.process if record.process is not None else _pid()
-        return f"{self._timestamp(record.created)} {self.ident}[{pid}]: {text}"
+        return f"{self._timestamp(created)} {self.ident}[{_pid() if pid is None else pid}]: {text}"
 
 
 class _FormatOutsideLock(logging.Handler):
@@ -148,6 +152,23 @@ class _FormatOutsideLock(logging.Handler):
     def format_line(self, record: logging.LogRecord) -> str:
         return super().format(record)
 
+    def write_message(self, level: int, text: str) -> None:
+        """(:func:`line`) The line for the message ``text`` at ``level``, written
+        as ``handle`` would write it, with no LogRecord made on the way."""
+        formatter = self.formatter
+        if not isinstance(formatter, LineFormatter):  # someone else's formatter
+            self.handle(_Line(level, text))  # type: ignore[arg-type]
+            return
+        line = formatter.line(text, time.time())
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.write_line(level, line)
+            except Exception:
+                self.handleError(_Line(level, text))  # type: ignore[arg-type]
+
+    def write_line(self, level: int, line: str) -> None:
+        raise NotImplementedError
+
 
 class _SyslogHandler(_FormatOutsideLock, logging.handlers.SysLogHandler):
     """glibc's wire format: ``<PRI>`` + the line, newline-terminated, no NUL."""
@@ -165,12 +186,34 @@ class _SyslogHandler(_FormatOutsideLock, logging.handlers.SysLogHandler):
     def format_line(self, record: logging.LogRecord) -> str:
         return logging.Handler.format(self, record) + "\n"
 
+    def write_line(self, level: int, line: str) -> None:
+        """What ``emit`` sends for ``line`` at ``level``, over the same socket."""
+        if not self.unixsocket:  # (never ours: a facility name means /dev/log)
+            self.emit(_Line(level, line))  # type: ignore[arg-type]
+            return
+        priority = self.encodePriority(self.facility, self.mapPriority(logging.getLevelName(level)))
+        prio = f"<{priority}>"
+        data = (prio + self.ident + line + "\n").encode("utf-8")
+        if not self.socket:  # type: ignore[attr-defined]  # (typeshed lacks these)
+            self.createSocket()
+        try:
+            self.socket.send(data)  # type: ignore[attr-defined]
+        except OSError:  # syslogd restarted: reconnect once, as emit does
+            self.socket.close()  # type: ignore[attr-defined]
+            self._connect_unixsocket(self.address)  # type: ignore[attr-defined]
+            self.socket.send(data)  # type: ignore[attr-defined]
+
 
 class _FileHandler(_FormatOutsideLock, logging.FileHandler):
     """An appended log file that SIGHUP reopens (after logrotate moved it)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
+
+    def write_line(self, level: int, line: str) -> None:
+        if self.stream is None:  # (delay=True is never used here, as in emit)
+            self.stream = self._open()
+        _write_to_stream(self, line)
 
     def reopen(self) -> None:
         """Switch to a fresh handle on the path; keep the old one if that fails."""
@@ -192,28 +235,38 @@ class _FileHandler(_FormatOutsideLock, logging.FileHandler):
 class _StreamHandler(_FormatOutsideLock, logging.StreamHandler[TextIO]):
     """stdout or stderr (``-F -`` / ``-F +``)."""
 
+    def write_line(self, level: int, line: str) -> None:
+        _write_to_stream(self, line)
+
+
+def _write_to_stream(handler: logging.StreamHandler[Any], line: str) -> None:
+    """What StreamHandler.emit writes for ``line``."""
+    handler.stream.write(line + handler.terminator)
+    handler.stream.flush()
+
 
 _OUR_HANDLERS = (_SyslogHandler, _FileHandler, _StreamHandler)
 
 
 class _Line:
     """The little of a LogRecord that our handlers read (LineFormatter, emit,
-    handleError): :func:`line` hands them one of these instead."""
+    handleError), for a message already made: what :func:`line` hands them when
+    it cannot write the line itself."""
 
-    __slots__ = ("name", "msg", "args", "levelno", "levelname", "created", "exc_info",
-                 "exc_text", "stack_info", "process")
+    __slots__ = ("msg", "args", "levelno", "levelname", "created", "exc_info", "exc_text",
+                 "stack_info", "process")
 
-    def __init__(self, name: str, level: int, msg: str, args: tuple[object, ...]) -> None:
-        self.name, self.msg, self.args = name, msg, args
+    def __init__(self, level: int, text: str) -> None:
+        self.msg, self.args = text, ()
         self.levelno, self.levelname = level, logging.getLevelName(level)
         self.created = time.time()
         self.exc_info = self.exc_text = self.stack_info = self.process = None
 
     def getMessage(self) -> str:  # noqa: N802 (LogRecord's name)
-        return self.msg % self.args if self.args else self.msg
+        return self.msg
 
 
-def _sole_handler(logger: logging.Logger, level: int) -> logging.Handler | None:
+def _sole_handler(logger: logging.Logger, level: int) -> _FormatOutsideLock | None:
     """Our handler on the root logger, if it is all that a line from ``logger``
     at ``level`` would reach: no filters or other handlers on the way (a test's
     capturing handler, say), nothing stopping propagation."""
@@ -230,7 +283,7 @@ def _sole_handler(logger: logging.Logger, level: int) -> logging.Handler | None:
     handler = handlers[0]
     if type(handler) not in _OUR_HANDLERS or handler.filters or level < handler.level:
         return None
-    return handler
+    return cast(_FormatOutsideLock, handler)
 
 
 def line(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
@@ -244,7 +297,7 @@ def line(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
     if handler is None:
         logger.log(level, msg, *args)
     else:
-        handler.handle(_Line(logger.name, level, msg, args))  # type: ignore[arg-type]
+        handler.write_message(level, msg % args if args else msg)
 
 
 def writes_to_std_stream(log_facility: str) -> bool:

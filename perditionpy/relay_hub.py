@@ -169,13 +169,14 @@ class _Poller:
             self.unregister(next(iter(self._parked)))
 
     def select(self, timeout: float) -> list[tuple[object, object, int]]:
-        """``(obj, data, events)`` for each ready object; a hang-up or an error
-        counts as both readable and writable (the next read or write tells)."""
+        """``(obj, data, events)`` for each ready object, parked ones left out; a
+        hang-up or an error counts as both readable and writable (the next read
+        or write tells)."""
         objects = self._objects
         ready = []
         for fd, mask in self._epoll.poll(timeout):
             entry = objects.get(fd)
-            if entry is not None:
+            if entry is not None and entry[1] is not _PARKED:
                 events = ((_READ if mask & _IN_EVENTS else 0)
                           | (_WRITE if mask & _OUT_EVENTS else 0))
                 ready.append((entry[0], entry[1], events))
@@ -186,11 +187,11 @@ class _Pipes:
     """Pipes for splice, lent to a direction only while bytes sit in them."""
 
     def __init__(self) -> None:
-        self._free: list[Pipe] = []
+        self.free: list[Pipe] = []  # (the relay takes from and gives to it directly)
 
     def take(self) -> Pipe | None:
-        if self._free:
-            return self._free.pop()
+        if self.free:
+            return self.free.pop()
         try:
             read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # out of descriptors: the caller copies instead
@@ -198,8 +199,8 @@ class _Pipes:
         return read_end, write_end, fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
 
     def give(self, pipe: Pipe) -> None:
-        if len(self._free) < _SPARE_PIPES:
-            self._free.append(pipe)
+        if len(self.free) < _SPARE_PIPES:
+            self.free.append(pipe)
         else:
             _close_pipe(pipe)
 
@@ -214,11 +215,13 @@ class _Flow:
     """One direction of a pair: bytes read from ``src`` wait here (in ``buf``,
     or in a pipe when spliced) until written to ``dst``."""
 
-    __slots__ = ("src", "dst", "splice", "buf", "pipe", "held", "moved", "spliced",
-                 "read_on", "write_on", "active", "retry")
+    __slots__ = ("src", "dst", "src_fd", "dst_fd", "splice", "buf", "pipe", "held", "moved",
+                 "spliced", "read_on", "write_on", "active", "retry")
 
     def __init__(self, src: socket.socket, dst: socket.socket, *, splice: bool) -> None:
         self.src, self.dst, self.splice = src, dst, splice
+        # Their descriptors, for splice (both stay open as long as the pair does).
+        self.src_fd, self.dst_fd = (src.fileno(), dst.fileno()) if splice else (-1, -1)
         self.buf = bytearray()
         self.pipe: Pipe | None = None
         self.held = 0      # bytes read and not yet written
@@ -240,7 +243,8 @@ class _Flow:
         self.read_on = _READ
         try:
             if self.splice and not self.buf:
-                self.pipe = self.pipe or pipes.take()
+                if self.pipe is None:
+                    self.pipe = pipes.free.pop() if pipes.free else pipes.take()
                 if self.pipe is not None:
                     return self._splice_in(self.pipe, pipes)
             return self._recv_in()
@@ -260,8 +264,7 @@ class _Flow:
 
     def _splice_in(self, pipe: Pipe, pipes: _Pipes) -> bool:
         try:
-            count = os.splice(self.src.fileno(), pipe[1], pipe[2] - self.held,
-                              flags=_SPLICE_FLAGS)
+            count = os.splice(self.src_fd, pipe[1], pipe[2] - self.held, flags=_SPLICE_FLAGS)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOSYS) or self.held:
                 raise
@@ -310,6 +313,10 @@ class _Flow:
         return True
 
     def _send(self) -> int:
+        if self.pipe is not None and not self.buf:
+            count = os.splice(self.pipe[0], self.dst_fd, self.held, flags=_SPLICE_FLAGS)
+            self.spliced += count
+            return count
         if self.buf:
             size = self.retry or min(len(self.buf), _TLS_WRITE_CHUNK)
             self.retry = size if _is_tls(self.dst) else 0
@@ -317,10 +324,7 @@ class _Flow:
             self.retry = 0
             del self.buf[:count]
             return count
-        assert self.pipe is not None
-        count = os.splice(self.pipe[0], self.dst.fileno(), self.held, flags=_SPLICE_FLAGS)
-        self.spliced += count
-        return count
+        return 0
 
     def release(self) -> None:
         if self.pipe is not None:  # may still hold bytes: not fit to lend again
@@ -353,20 +357,21 @@ class _Pair:
         A direction reads only when its source showed what its read waits for,
         so a wake-up by one side costs no failed read of the other."""
         up, down = self.up, self.down
-        if not self.ending and client_events & up.read_on and up.room() > 0 \
+        # (Nothing held: there is room, without asking.)
+        if not self.ending and client_events & up.read_on and (not up.held or up.room() > 0) \
                 and not up.fill(pipes):
             self.ending = True
         if up.held and not up.drain(pipes):
             return False
-        if not self.ending and server_events & down.read_on and down.room() > 0 \
-                and not down.fill(pipes):
+        if not self.ending and server_events & down.read_on \
+                and (not down.held or down.room() > 0) and not down.fill(pipes):
             self.ending = True
         if down.held and not down.drain(pipes):
             return False
-        if self.up.active or self.down.active:
-            self.up.active = self.down.active = False
+        if up.active or down.active:
+            up.active = down.active = False
             self.last = time.monotonic()
-        return not (self.ending and not self.up.held and not self.down.held)
+        return not (self.ending and not up.held and not down.held)
 
     def wanted(self, sock: socket.socket) -> int:
         events = 0
@@ -554,8 +559,6 @@ class RelayHub:
                         pass
                 except OSError:
                     pass
-            elif data is _PARKED:
-                continue
             elif callable(data):  # a listener's accept
                 if self._listeners and not data(fileobj):
                     self._drop_listeners()
@@ -715,6 +718,10 @@ class RelayHub:
 
     def _register(self, pair: _Pair) -> None:
         assert self._sel is not None
+        masks, up, down = pair.masks, pair.up, pair.down
+        if (masks[0] == _READ and masks[1] == _READ and not (up.held or down.held or pair.ending)
+                and up.read_on == _READ and down.read_on == _READ):
+            return  # the usual case: both sides read, as registered already
         for side, sock in enumerate((pair.client, pair.server)):
             events = pair.wanted(sock)
             if events == pair.masks[side]:

@@ -69,11 +69,6 @@ class Loop(Protocol):
         lets go of ``task.sock`` (may be None), still watched for ``task.events``."""
 
 
-def _nonblocking(sock: socket.socket) -> None:
-    if sock.gettimeout() != 0.0:
-        sock.setblocking(False)
-
-
 class Task:
     """A session's generator and what it waits for now."""
 
@@ -132,7 +127,8 @@ class Task:
         if kind is Recv and not isinstance(wait.sock, ssl.SSLSocket):
             if wait.sock is self.spoke:
                 self.spoke = None
-                _nonblocking(wait.sock)
+                if wait.sock.gettimeout() != 0.0:  # (a connect by name blocked on a worker)
+                    wait.sock.setblocking(False)
                 self._block(loop, wait.sock, _READ, wait.timeout)
                 return False, None
             return self._recv(loop, wait)
@@ -151,7 +147,8 @@ class Task:
         return False, None
 
     def _recv(self, loop: Loop, wait: Recv) -> tuple[bool, Any]:
-        _nonblocking(wait.sock)
+        if wait.sock.gettimeout() != 0.0:
+            wait.sock.setblocking(False)
         try:
             return True, wait.sock.recv(wait.size)
         except (BlockingIOError, InterruptedError):
@@ -159,7 +156,8 @@ class Task:
             return False, None
 
     def _send(self, loop: Loop, wait: SendAll) -> tuple[bool, Any]:
-        _nonblocking(wait.sock)
+        if wait.sock.gettimeout() != 0.0:
+            wait.sock.setblocking(False)
         data = self.pending
         assert isinstance(data, memoryview)
         try:

@@ -96,8 +96,8 @@ def test_line_writes_what_the_logger_writes_to_a_file(tmp_path: Path, level: int
                'Closing session:%s authentication_id="%s" received=%d', " a->b", "ü", 7)
     first, second = path.read_text().splitlines()
     assert first == second
-    assert first.endswith('perdition[%d]: Closing session: a->b authentication_id="ü" '
-                          'received=7' % os.getpid())
+    assert first.endswith(f'perdition[{os.getpid()}]: Closing session: a->b '
+                          'authentication_id="ü" received=7')
 
 
 def test_line_sends_the_datagram_the_logger_sends(tmp_path: Path) -> None:

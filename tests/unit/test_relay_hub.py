@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -238,3 +239,86 @@ def test_a_tls_side_takes_the_copy_path_and_moves_everything(hub: RelayHub,
     result = tls_ends.finished()
     assert result == RelayResult(2 * 1024 * 1024 + 5, 2 * 1024 * 1024 + 5, timed_out=False)
     assert hub.paths == {"splice": 0, "copy": 1}
+
+
+# ------------------------------------------------------------------ a step's reads
+
+
+@pytest.mark.parametrize("splice", [True, False] if splice_available() else [False])
+def test_a_step_reads_only_the_side_that_showed_readiness(splice: bool) -> None:
+    client, client_far = socket.socketpair()
+    server, server_far = socket.socketpair()
+    pair = relay_hub._Pair(client, server, timeout=None, on_done=lambda result: None,
+                           label="", splice=splice)
+    pipes = relay_hub._Pipes()
+    try:
+        for sock in (client, server):
+            sock.setblocking(False)
+        client_far.sendall(b"a NOOP\r\n")
+        server_far.sendall(b"* OK\r\n")
+        # Woken by the server only: its bytes move, the client's wait for their turn.
+        assert pair.step(pipes, client_events=0, server_events=relay_hub._READ)
+        assert _read_exactly(client_far, 6) == b"* OK\r\n"
+        assert (pair.up.moved, pair.down.moved) == (0, 6)
+        assert pair.step(pipes, client_events=relay_hub._READ, server_events=0)
+        assert _read_exactly(server_far, 8) == b"a NOOP\r\n"
+        assert (pair.up.moved, pair.down.moved) == (8, 6)
+    finally:
+        for sock in (client, client_far, server, server_far):
+            sock.close()
+
+
+# ------------------------------------------------------------------ the poller
+
+
+def test_a_parked_registration_is_adopted_without_an_epoll_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    poller = relay_hub._Poller()
+    calls: list[str] = []
+    real = poller._epoll
+    monkeypatch.setattr(poller, "_epoll", SimpleNamespace(
+        register=lambda *a: (calls.append("register"), real.register(*a)),
+        modify=lambda *a: (calls.append("modify"), real.modify(*a)),
+        unregister=lambda *a: (calls.append("unregister"), real.unregister(*a)),
+        poll=real.poll))
+    near, far = socket.socketpair()
+    with near, far:
+        poller.register(near, relay_hub._READ, "task")
+        poller.park(near, relay_hub._READ)
+        far.sendall(b"x")
+        assert poller.select(0) == []  # a parked registration wakes nobody
+        poller.register(near, relay_hub._READ, "pair")  # the same events: nothing to change
+        assert poller.select(0) == [(near, "pair", relay_hub._READ)]
+        poller.settle()
+        assert calls == ["register"]
+        poller.park(near, relay_hub._READ)
+        poller.register(near, relay_hub._READ | relay_hub._WRITE, "pair")
+        assert calls == ["register", "modify"]
+
+
+def test_what_stays_parked_is_unregistered_when_the_turn_settles() -> None:
+    poller = relay_hub._Poller()
+    near, far = socket.socketpair()
+    with near, far:
+        poller.register(near, relay_hub._READ, "task")
+        poller.park(near, relay_hub._READ)
+        poller.settle()
+        far.sendall(b"x")
+        assert poller.select(0) == []
+        poller.register(near, relay_hub._READ, "again")  # known to nobody: a fresh registration
+        assert poller.select(0) == [(near, "again", relay_hub._READ)]
+
+
+def test_a_closed_socket_can_be_forgotten_and_its_number_reused() -> None:
+    poller = relay_hub._Poller()
+    first, far = socket.socketpair()
+    with far:
+        poller.register(first, relay_hub._READ, "first")
+        fd = first.fileno()
+        assert poller.forget(first) == fd
+        first.close()  # closing took it out of the epoll set
+        second, other = socket.socketpair()
+        with second, other:
+            poller.register(second, relay_hub._READ, "second")
+            other.sendall(b"x")
+            assert poller.select(0) == [(second, "second", relay_hub._READ)]

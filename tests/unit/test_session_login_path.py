@@ -4,6 +4,7 @@ connections to an address without a resolver call."""
 from __future__ import annotations
 
 import socket
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -62,3 +63,54 @@ def test_names_still_resolve() -> None:
 ])
 def test_address_family(host: str, family: int | None) -> None:
     assert waits.address_family(host) == family
+
+
+def _imap_backend(listener: socket.socket, after_login: bytes) -> None:
+    """One connection: perdition's CAPABILITY and literal LOGIN dialogue; the
+    reply to the password is ``after_login``, written at once."""
+    conn, _ = listener.accept()
+    with conn, conn.makefile("rb") as lines:
+        conn.sendall(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        for line in lines:
+            if line.endswith(b"CAPABILITY\r\n"):
+                conn.sendall(b"* CAPABILITY IMAP4rev1\r\n" + line.split()[0] + b" OK done\r\n")
+            elif line.endswith(b"}\r\n"):
+                conn.sendall(b"+ go\r\n")
+            else:  # the password
+                conn.sendall(after_login)
+                return
+
+
+def test_lines_the_back_end_sends_with_its_ok_reach_the_client_in_one_write() -> None:
+    """perdition writes the untagged lines and the OK separately; to a client
+    that costs two segments and two wake-ups.  The bytes are the same."""
+    from perditionpy import options as options_mod
+    from perditionpy.app import App
+    from perditionpy.session import Session
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        backend = threading.Thread(target=_imap_backend, args=(
+            listener, b"* CAPABILITY IMAP4rev1 IDLE\r\nflim08 OK [ALERT] in\r\n"))
+        backend.start()
+        opts = options_mod.load(["-f", "", "-P", "IMAP4", "-M", "", "-B",
+                                 "-s", f"127.0.0.1:{port}"], "perdition")
+        app = App(opts)
+        near, far = socket.socketpair()
+        writes: list[bytes] = []
+        try:
+            far.sendall(b"a LOGIN user secret\r\n")
+            steps = Session(app.services, near, ("127.0.0.1", 1), ("127.0.0.1", 143)).steps()
+            value: object = None
+            while not any(b"a OK" in data for data in writes):
+                wait = steps.send(value)
+                if isinstance(wait, waits.SendAll) and wait.sock is near:
+                    writes.append(wait.data)
+                value = wait.run()
+            steps.close()
+        finally:
+            backend.join(10.0)
+            app.close()
+            near.close()
+            far.close()
+    assert writes[-1] == b"* CAPABILITY IMAP4rev1 IDLE\r\na OK You are so in\r\n"
