@@ -215,6 +215,11 @@ def mangle(name: str, state: str, options: UsernameOptions, local_address: str |
     when unknown, e.g. inetd on a pipe).  Raises :class:`UsernameError` if a
     needed reverse lookup fails.
     """
+    if state not in options.strip_domain and state not in options.add_domain \
+            and state not in options.lower_case:
+        if state not in STATES:
+            raise ValueError(f"unknown username state {state!r}")
+        return name  # nothing to do in this state (every state, by default)
     name = strip_domain(name, state, options)
     name = add_domain(name, state, options, local_address, reverse_lookup)
     return lower_case(name, state, options)
