@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +195,10 @@ class Floor:
 # --------------------------------------------------------------- the comparison
 
 
+def _running(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
+
+
 def _cpu_ticks(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
@@ -229,7 +234,7 @@ def compare(args: argparse.Namespace) -> None:
                                      stderr=(work / f"floor-{proto}.log").open("wb"))
             stack.callback(floor.kill)
             wait_for_greeting(port, timeout=20.0, until=b"* OK" if proto == "imap" else b"+OK",
-                              alive=lambda floor=floor: floor.poll() is None)
+                              alive=partial(_running, floor))
             targets["floor", proto] = (port, floor.pid)
         print("| proto | concurrency | proxy | logins/s | user ms/login | system ms/login |")
         print("|---|---|---|---|---|---|")
@@ -255,6 +260,10 @@ def compare(args: argparse.Namespace) -> None:
                           f"| {system:.3f} |", flush=True)
 
 
+def _counts(text: str) -> list[int]:
+    return [int(count) for count in text.split(",")]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -262,8 +271,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     serve.add_argument("--proto", choices=("imap", "pop3"), required=True)
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--backend", type=int, required=True)
-    parser.add_argument("--concurrency", type=lambda text: [int(c) for c in text.split(",")],
-                        default=[16, 64])
+    parser.add_argument("--concurrency", type=_counts, default=[16, 64])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     return parser.parse_args(argv)

@@ -123,8 +123,7 @@ class Task:
     def _begin(self, loop: Loop, wait: Wait) -> tuple[bool, Any]:
         """Start ``wait``: (True, result) when it is done already, else (False, None)
         with the loop told what to watch."""
-        kind = type(wait)
-        if kind is Recv and not isinstance(wait.sock, ssl.SSLSocket):
+        if type(wait) is Recv and not isinstance(wait.sock, ssl.SSLSocket):
             if wait.sock is self.spoke:
                 self.spoke = None
                 if wait.sock.gettimeout() != 0.0:  # (a connect by name blocked on a worker)
@@ -132,13 +131,13 @@ class Task:
                 self._block(loop, wait.sock, _READ, wait.timeout)
                 return False, None
             return self._recv(loop, wait)
-        if kind is SendAll and not isinstance(wait.sock, ssl.SSLSocket):
+        if type(wait) is SendAll and not isinstance(wait.sock, ssl.SSLSocket):
             self.pending = memoryview(wait.data)
             return self._send(loop, wait)
-        if kind is Connect and address_family(wait.host) is not None:
+        if type(wait) is Connect and address_family(wait.host) is not None:
             return self._connect(loop, wait)
         self._watch(loop, None, 0)
-        if kind is Sleep:
+        if type(wait) is Sleep:
             self._alarm(loop, time.monotonic() + wait.seconds)
         elif isinstance(wait, Blocking) and wait.hold:
             loop.hand_over(self, wait)

@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -276,11 +276,16 @@ def test_a_parked_registration_is_adopted_without_an_epoll_change(
     poller = relay_hub._Poller()
     calls: list[str] = []
     real = poller._epoll
+
+    def recorded(name: str) -> Callable[..., None]:
+        def call(*args: int) -> None:
+            calls.append(name)
+            getattr(real, name)(*args)
+        return call
+
     monkeypatch.setattr(poller, "_epoll", SimpleNamespace(
-        register=lambda *a: (calls.append("register"), real.register(*a)),
-        modify=lambda *a: (calls.append("modify"), real.modify(*a)),
-        unregister=lambda *a: (calls.append("unregister"), real.unregister(*a)),
-        poll=real.poll))
+        register=recorded("register"), modify=recorded("modify"),
+        unregister=recorded("unregister"), poll=real.poll))
     near, far = socket.socketpair()
     with near, far:
         poller.register(near, relay_hub._READ, "task")
