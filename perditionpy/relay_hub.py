@@ -572,7 +572,10 @@ class RelayHub:
             ready[pair] = [_ALL, _ALL]
         if self._incoming or self._close_all:
             for pair in self._take_incoming():
-                ready[pair] = [_ALL, _ALL]
+                if pair.tls:  # OpenSSL may hold decrypted bytes no readiness will show
+                    ready[pair] = [_ALL, _ALL]
+                else:  # the kernel will say when either side has something
+                    self._step(pair, 0, 0)
         pairs = self._pairs
         for pair, (client_events, server_events) in ready.items():
             if pair in pairs:
