@@ -39,6 +39,7 @@ import os
 import platform
 import selectors
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -232,6 +233,7 @@ class Plan:
     perditionpy_workers: int = 1
     tls: bool = True      # the relay over TLS towards the client, too
     perditionpy_idle_workers: int = 2  # the idle sets' own instance
+    rounds: int = 2       # login runs per figure, targets in turn; the median is reported
 
 
 def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results,
@@ -239,7 +241,8 @@ def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results,
     """Every figure for every target; the idle sets against ``idle_targets`` (the
     same targets, perditionpy perhaps run with other ``--workers``)."""
     secure = [t for t in targets if t.imaps_port is not None] if plan.tls else []
-    steps = (len(targets) * (len(PROTOCOLS) * (1 + len(CONCURRENCIES) + 1) + len(plan.idle))
+    steps = (len(targets) * (len(PROTOCOLS) * (1 + plan.rounds * len(CONCURRENCIES) + 1)
+                             + len(plan.idle))
              + len(secure) * len(PROTOCOLS))
     progress = Progress(steps)
     for target in targets:
@@ -251,10 +254,16 @@ def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results,
                                      "--concurrency", "16", "--duration", str(plan.warmup)),
                         plan.warmup + _SLACK)
         for concurrency in CONCURRENCIES:
+            runs: dict[str, list[dict[str, object]]] = {t.name: [] for t in targets}
+            for round_ in range(plan.rounds):
+                # Every other round the other way round: no target always goes first.
+                for target in targets if round_ % 2 == 0 else targets[::-1]:
+                    progress.step(f"{proto} logins c={concurrency} {target.label}"
+                                  f" ({round_ + 1}/{plan.rounds})")
+                    runs[target.name].append(measure_logins(target, proto, concurrency,
+                                                            plan.duration, results))
             for target in targets:
-                progress.step(f"{proto} logins c={concurrency} {target.label}")
-                record_logins(measure_logins(target, proto, concurrency, plan.duration,
-                                             results), results)
+                record_logins(median_run(runs[target.name]), results)
         for target in targets:
             progress.step(f"{proto} relay 20 MiB {target.label}")
             record_relay(measure_relay(target, proto, plan.relay_repeat), proto, results)
@@ -280,6 +289,22 @@ def record_relay(out: dict[str, object], proto: str, results: Results) -> None:
         results.note(f"relay {proto.upper()}{' over TLS' if out['tls'] else ''} "
                      f"{out['target']}: the load generator used {share:.2f} of a core; "
                      f"that figure may be the generator's limit, not the target's.")
+
+
+_MEDIAN_KEYS = ("logins_per_s", "p50_ms", "p99_ms", "loadgen_cpu_share")
+
+
+def median_run(runs: Sequence[dict[str, object]]) -> dict[str, object]:
+    """One logins result from several runs of the same measurement: the median of
+    each figure (a mean of two), each run's logins/s kept under ``runs``."""
+    combined = dict(runs[0])
+    for key in _MEDIAN_KEYS:
+        values = [float(run[key]) for run in runs if run.get(key) is not None]  # type: ignore[arg-type]
+        combined[key] = round(statistics.median(values), 3) if values else None
+    combined["runs"] = [run["logins_per_s"] for run in runs]
+    combined["logins"] = sum(int(run["logins"]) for run in runs)  # type: ignore[call-overload]
+    combined["errors"] = sum(int(run["errors"]) for run in runs)  # type: ignore[call-overload]
+    return combined
 
 
 def record_logins(out: dict[str, object], results: Results) -> None:
@@ -406,7 +431,8 @@ def render_report(targets: Sequence[tg.Target], results: Results, plan: Plan,
         f"start): {processes}." + (" TLS rows: separate listeners (separate processes for "
                                    "perdition and perditionpy), a self-signed certificate, "
                                    "TLS as negotiated by OpenSSL's defaults." if plan.tls else ""),
-        f"Login runs {plan.duration:g} s each; ratios are each figure ÷ perditionpy's "
+        f"Login runs {plan.duration:g} s each, {plan.rounds} per figure with the targets in "
+        f"turn (the median is shown); ratios are each figure ÷ perditionpy's "
         f"(same run). Whole run: {seconds / 60:.1f} min; load average at the end "
         f"{load_average()}. Command: `{command}`.",
         "",
@@ -450,6 +476,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0,
                         help="seconds per logins measurement (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=_positive, default=2,
+                        help="login runs per figure, the targets taken in turn; the median "
+                             "is reported (default 2)")
     parser.add_argument("--relay-repeat", type=int, default=7,
                         help="20 MiB fetches per relay figure; the median is reported")
     parser.add_argument("--idle", default="1000,10000",
@@ -490,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = Plan(args.duration, args.warmup, args.relay_repeat,
                 tuple(int(n) for n in args.idle.split(",") if n.strip()), args.idle_setup,
-                args.perditionpy_workers, args.tls, args.perditionpy_idle_workers)
+                args.perditionpy_workers, args.tls, args.perditionpy_idle_workers, args.rounds)
     command = shlex.join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     wanted = [n.strip() for n in args.targets.split(",") if n.strip()]
     started, clock = datetime.datetime.now(), time.monotonic()

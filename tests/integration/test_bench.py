@@ -137,3 +137,20 @@ def test_plain_client_does_not_pass_a_tls_listener(tls_dovecot: Dovecot) -> None
                           check=False)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["logins"] == 0 and out["errors"] == 1
+
+
+def test_a_figure_from_several_rounds_is_their_median() -> None:
+    runs: list[dict[str, object]] = [
+        {"target": "x", "proto": "imap", "concurrency": 16, "logins": 5000, "errors": 0,
+         "logins_per_s": 1000.0, "p50_ms": 10.0, "p99_ms": 30.0, "loadgen_cpu_share": 0.3},
+        {"target": "x", "proto": "imap", "concurrency": 16, "logins": 6000, "errors": 1,
+         "logins_per_s": 1200.0, "p50_ms": 8.0, "p99_ms": 20.0, "loadgen_cpu_share": 0.5},
+        {"target": "x", "proto": "imap", "concurrency": 16, "logins": 5500, "errors": 0,
+         "logins_per_s": 1100.0, "p50_ms": 9.0, "p99_ms": 50.0, "loadgen_cpu_share": 0.4},
+    ]
+    combined = run.median_run(runs)
+    assert (combined["logins_per_s"], combined["p50_ms"], combined["p99_ms"]) == (1100, 9, 30)
+    assert combined["loadgen_cpu_share"] == 0.4
+    assert combined["runs"] == [1000.0, 1200.0, 1100.0]
+    assert (combined["logins"], combined["errors"]) == (16500, 1)
+    assert run.median_run(runs[:2])["logins_per_s"] == 1100  # two: their mean
