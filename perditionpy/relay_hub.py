@@ -781,6 +781,8 @@ _HUB_LOCK = threading.Lock()
 def hub() -> RelayHub:
     """The relay hub of this process (one per process, like its listeners)."""
     global _HUB
+    if _HUB is not None:  # (set once, never unset: no lock needed to read it)
+        return _HUB
     with _HUB_LOCK:
         if _HUB is None:
             _HUB = RelayHub()
