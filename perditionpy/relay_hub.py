@@ -353,7 +353,8 @@ class _Pair:
         """Move what can move without blocking; False when the pair is over.
 
         ``client_events``/``server_events``: the readiness seen on each side
-        (both in full for a pair just added, or one with bytes inside OpenSSL).
+        (both in full for a new TLS pair, or one with bytes inside OpenSSL;
+        none for a new plain pair, which is only registered).
         A direction reads only when its source showed what its read waits for,
         so a wake-up by one side costs no failed read of the other."""
         up, down = self.up, self.down

@@ -69,6 +69,12 @@ class Loop(Protocol):
         lets go of ``task.sock`` (may be None), still watched for ``task.events``."""
 
 
+def _nonblocking(sock: socket.socket) -> None:
+    """(A socket from a connect by name, made on a worker, is still blocking.)"""
+    if sock.gettimeout() != 0.0:
+        sock.setblocking(False)
+
+
 class Task:
     """A session's generator and what it waits for now."""
 
@@ -126,8 +132,7 @@ class Task:
         if type(wait) is Recv and not isinstance(wait.sock, ssl.SSLSocket):
             if wait.sock is self.spoke:
                 self.spoke = None
-                if wait.sock.gettimeout() != 0.0:  # (a connect by name blocked on a worker)
-                    wait.sock.setblocking(False)
+                _nonblocking(wait.sock)
                 self._block(loop, wait.sock, _READ, wait.timeout)
                 return False, None
             return self._recv(loop, wait)
@@ -146,8 +151,7 @@ class Task:
         return False, None
 
     def _recv(self, loop: Loop, wait: Recv) -> tuple[bool, Any]:
-        if wait.sock.gettimeout() != 0.0:
-            wait.sock.setblocking(False)
+        _nonblocking(wait.sock)
         try:
             return True, wait.sock.recv(wait.size)
         except (BlockingIOError, InterruptedError):
@@ -155,8 +159,7 @@ class Task:
             return False, None
 
     def _send(self, loop: Loop, wait: SendAll) -> tuple[bool, Any]:
-        if wait.sock.gettimeout() != 0.0:
-            wait.sock.setblocking(False)
+        _nonblocking(wait.sock)
         data = self.pending
         assert isinstance(data, memoryview)
         try:
