@@ -199,13 +199,13 @@ def _running(proc: subprocess.Popen[bytes]) -> bool:
     return proc.poll() is None
 
 
-def _cpu_ticks(pid: int) -> tuple[int, int]:
+def cpu_ticks(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return int(fields[11]), int(fields[12])
 
 
-def _logins(proto: str, port: int, concurrency: int, seconds: float) -> int:
+def logins(proto: str, port: int, concurrency: int, seconds: float) -> int:
     out = subprocess.run([sys.executable, str(LOADGEN), "logins", "--proto", proto,
                           "--port", str(port), "--password", tg.PASSWORD,
                           "--users", str(tg.BENCH_USERS), "--concurrency", str(concurrency),
@@ -247,9 +247,9 @@ def compare(args: argparse.Namespace) -> None:
                                                                             "perditionpy")
                     for name in names:
                         port, pid = targets[name, proto]
-                        user0, system0 = _cpu_ticks(pid)
-                        count = _logins(proto, port, concurrency, args.seconds)
-                        user1, system1 = _cpu_ticks(pid)
+                        user0, system0 = cpu_ticks(pid)
+                        count = logins(proto, port, concurrency, args.seconds)
+                        user1, system1 = cpu_ticks(pid)
                         runs[name].append((count / args.seconds,
                                            (user1 - user0) * 1000 / ticks / count,
                                            (system1 - system0) * 1000 / ticks / count))
@@ -260,7 +260,7 @@ def compare(args: argparse.Namespace) -> None:
                           f"| {system:.3f} |", flush=True)
 
 
-def _counts(text: str) -> list[int]:
+def counts(text: str) -> list[int]:
     return [int(count) for count in text.split(",")]
 
 
@@ -271,7 +271,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     serve.add_argument("--proto", choices=("imap", "pop3"), required=True)
     serve.add_argument("--port", type=int, required=True)
     serve.add_argument("--backend", type=int, required=True)
-    parser.add_argument("--concurrency", type=_counts, default=[16, 64])
+    parser.add_argument("--concurrency", type=counts, default=[16, 64])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     return parser.parse_args(argv)

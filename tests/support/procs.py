@@ -136,10 +136,14 @@ def start_perditionpy(
     env: Mapping[str, str] | None = None,
     nofile: int | None = DEFAULT_NOFILE,
     timeout: float = _READY_TIMEOUT,
+    tree: Path | None = None,
 ) -> Proc:
-    """Start ``python -m perditionpy --no_daemon -F + <defaults> *args`` and wait for it."""
+    """Start ``python -m perditionpy --no_daemon -F + <defaults> *args`` and wait for it.
+
+    ``tree``: run the perditionpy of that checkout (another version, for
+    bench/compare.py) instead of this repository's."""
     command = [sys.executable, "-m", "perditionpy", "--no_daemon", "-F", "+"]
-    launch = _Launch(port, greeting, log_dir, env, nofile, timeout)
+    launch = _Launch(port, greeting, log_dir, env, nofile, timeout, tree or REPO_ROOT)
     return _start("perditionpy", command, args, launch)
 
 
@@ -184,6 +188,7 @@ class _Launch:
     env: Mapping[str, str] | None
     nofile: int | None
     timeout: float
+    cwd: Path = REPO_ROOT  # (python -m finds the package here)
 
 
 def _start(name: str, command: list[str], args: Sequence[str], launch: _Launch) -> Proc:
@@ -198,8 +203,8 @@ def _start(name: str, command: list[str], args: Sequence[str], launch: _Launch) 
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            env=_child_env(launch.env),
+            cwd=launch.cwd,
+            env=_child_env(launch.env, launch.cwd),
             start_new_session=True,
             preexec_fn=_limit_files(launch.nofile),
         )
@@ -236,10 +241,10 @@ def _fresh_log_path(log_dir: Path, name: str) -> Path:
     raise ProcError(f"too many logs in {log_dir}")
 
 
-def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+def _child_env(extra: Mapping[str, str] | None, tree: Path = REPO_ROOT) -> dict[str, str]:
     env = dict(os.environ)
     # perditionpy is run from the source tree even when it is not installed.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
 
