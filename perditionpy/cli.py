@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from perditionpy.errors import OptionError, PerditionError
+
+if TYPE_CHECKING:
+    from perditionpy.options import Options
 
 __all__ = ["main"]
 
@@ -32,13 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(opts, prog, name)
 
 
-def _run(opts: object, prog: str, name: str) -> int:
+def _run(opts: Options, prog: str, name: str) -> int:
     from perditionpy import log as log_mod
     from perditionpy import server
     from perditionpy.app import App
 
     try:
-        app = App(opts)  # type: ignore[arg-type]
+        app = App(opts)
     except PerditionError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
@@ -49,7 +53,7 @@ def _run(opts: object, prog: str, name: str) -> int:
         app.close()
         return 255
     try:
-        return server.serve(opts, app.handle, reload=app.reload, prog=prog,  # type: ignore[arg-type]
+        return server.serve(opts, app.handle, reload=app.reload, prog=prog,
                             start=app.start)
     finally:
         app.close()

@@ -87,7 +87,7 @@ def load_shim() -> Binding:
 
 
 def _load_shim() -> Binding:
-    import cffi  # type: ignore[import-untyped]  # imported only when a C map is used
+    import cffi  # imported only when a C map is used
 
     path = next((path for path in shim_candidates() if path.is_file()), None)
     if path is None:

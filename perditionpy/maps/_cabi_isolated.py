@@ -126,7 +126,8 @@ def spawner(control: socket.socket, path: str) -> int:
             return 0
         if request[0] == "spawn" and len(fds) == 1:
             try:
-                reply: tuple[object, ...] = ("spawned", _fork_helper(control, fds[0], *request[1:],
+                _, uid, gid = request
+                reply: tuple[object, ...] = ("spawned", _fork_helper(control, fds[0], uid, gid,
                                                                     path))
             except OSError as exc:
                 reply = ("error", f"fork: {exc}")

@@ -73,7 +73,7 @@ def load(library: str = GDBM_LIBRARY) -> GdbmBinding:
 
     Raises ``OSError`` when libgdbm cannot be found.
     """
-    import cffi  # type: ignore[import-untyped]  # imported only when a gdbm map is used
+    import cffi  # imported only when a gdbm map is used
 
     ffi = cffi.FFI()
     ffi.cdef(CDEF)

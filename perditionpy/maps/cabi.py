@@ -37,14 +37,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from perditionpy.endpoints import UserServerPort, parse_user_server_port
 from perditionpy.errors import MapError
 from perditionpy.maps import _cabi_ffi
-from perditionpy.maps.base import LookupContext, Map
+from perditionpy.maps.base import LookupContext, Map, MapFactory
 from perditionpy.protocol.base import decode_name, encode_name
 
 __all__ = [
@@ -123,7 +122,7 @@ def parse_spec(text: str) -> LegacySpec:
     return LegacySpec(match["path"], match["mode"] == "isolated", timeout, workers)
 
 
-def factory_for(text: str) -> Callable[[str], Map]:
+def factory_for(text: str) -> MapFactory:
     """The registry's factory for ``-M text``; ``ValueError`` for a bad spec or file."""
     spec = parse_spec(text)
     if not os.path.isfile(spec.path):
@@ -232,6 +231,7 @@ class CLibrary:
                 free(result[0])
 
     def _call_get2(self, key: bytes, options: Any) -> Answer:
+        assert self._get2 is not None  # (a library without dbserver_get has it)
         ffi, free = self._binding.ffi, self._binding.shim.free
         parts = [ffi.new("char **") for _ in range(3)]
         try:
