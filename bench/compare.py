@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench import targets as tg  # noqa: E402
-from bench.floor import counts, cpu_ticks, logins  # noqa: E402
+from bench.floor import by_turns, counts  # noqa: E402
 from tests.support.ports import LOOPBACK  # noqa: E402
 from tests.support.procs import Proc, start_perditionpy  # noqa: E402
 
@@ -44,7 +42,6 @@ def _proxy(stack: contextlib.ExitStack, tree: Path, protocol: str, backend: int,
 
 
 def compare(args: argparse.Namespace) -> None:
-    ticks = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(prefix="perditionpy-compare-") as top, \
             contextlib.ExitStack() as stack:
         work = Path(top)
@@ -60,26 +57,8 @@ def compare(args: argparse.Namespace) -> None:
                                          dovecot.imap_port if proto == "imap"
                                          else dovecot.pop3_port, work / "logs")
                    for name, tree in trees.items() for proto in PROTOCOLS}
-        print("| proto | concurrency | version | logins/s | user ms/login | system ms/login |")
-        print("|---|---|---|---|---|---|")
-        for proto in PROTOCOLS:
-            for concurrency in args.concurrency:
-                runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in trees}
-                for round_ in range(args.rounds):
-                    names = list(trees) if round_ % 2 == 0 else list(trees)[::-1]
-                    for name in names:
-                        proxy = proxies[name, proto]
-                        user0, system0 = cpu_ticks(proxy.pid)
-                        count = logins(proto, proxy.port, concurrency, args.seconds)
-                        user1, system1 = cpu_ticks(proxy.pid)
-                        runs[name].append((count / args.seconds,
-                                           (user1 - user0) * 1000 / ticks / count,
-                                           (system1 - system0) * 1000 / ticks / count))
-                for name, figures in runs.items():
-                    rate, user, system = (statistics.median(f[i] for f in figures)
-                                          for i in range(3))
-                    print(f"| {proto} | {concurrency} | {name} | {rate:,.0f} | {user:.3f} "
-                          f"| {system:.3f} |", flush=True)
+        by_turns({key: (proxy.port, proxy.pid) for key, proxy in proxies.items()},
+                 list(trees), "version", args)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

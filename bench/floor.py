@@ -218,7 +218,6 @@ def logins(proto: str, port: int, concurrency: int, seconds: float) -> int:
 
 
 def compare(args: argparse.Namespace) -> None:
-    ticks = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(prefix="perditionpy-floor-") as top, \
             contextlib.ExitStack() as stack:
         work = Path(top)
@@ -236,28 +235,33 @@ def compare(args: argparse.Namespace) -> None:
             wait_for_greeting(port, timeout=20.0, until=b"* OK" if proto == "imap" else b"+OK",
                               alive=partial(_running, floor))
             targets["floor", proto] = (port, floor.pid)
-        print("| proto | concurrency | proxy | logins/s | user ms/login | system ms/login |")
-        print("|---|---|---|---|---|---|")
-        for proto in ("imap", "pop3"):
-            for concurrency in args.concurrency:
-                runs: dict[str, list[tuple[float, float, float]]] = {"perditionpy": [],
-                                                                     "floor": []}
-                for round_ in range(args.rounds):
-                    names = ("perditionpy", "floor") if round_ % 2 == 0 else ("floor",
-                                                                            "perditionpy")
-                    for name in names:
-                        port, pid = targets[name, proto]
-                        user0, system0 = cpu_ticks(pid)
-                        count = logins(proto, port, concurrency, args.seconds)
-                        user1, system1 = cpu_ticks(pid)
-                        runs[name].append((count / args.seconds,
-                                           (user1 - user0) * 1000 / ticks / count,
-                                           (system1 - system0) * 1000 / ticks / count))
-                for name, figures in runs.items():
-                    rate, user, system = (statistics.median(f[i] for f in figures)
-                                          for i in range(3))
-                    print(f"| {proto} | {concurrency} | {name} | {rate:,.0f} | {user:.3f} "
-                          f"| {system:.3f} |", flush=True)
+        by_turns(targets, ("perditionpy", "floor"), "proxy", args)
+
+
+def by_turns(proxies: dict[tuple[str, str], tuple[int, int]], names: Sequence[str],
+             column: str, args: argparse.Namespace) -> None:
+    """The logins workload against each of ``names`` in turn, per protocol and
+    ``args.concurrency``, ``args.rounds`` times (every other round the other way
+    round); prints the medians.  ``proxies``: (name, proto) → (port, pid)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    print(f"| proto | concurrency | {column} | logins/s | user ms/login | system ms/login |")
+    print("|---|---|---|---|---|---|")
+    for proto in ("imap", "pop3"):
+        for concurrency in args.concurrency:
+            runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
+            for round_ in range(args.rounds):
+                for name in names if round_ % 2 == 0 else names[::-1]:
+                    port, pid = proxies[name, proto]
+                    user0, system0 = cpu_ticks(pid)
+                    count = logins(proto, port, concurrency, args.seconds)
+                    user1, system1 = cpu_ticks(pid)
+                    runs[name].append((count / args.seconds,
+                                       (user1 - user0) * 1000 / ticks / count,
+                                       (system1 - system0) * 1000 / ticks / count))
+            for name, figures in runs.items():
+                rate, user, system = (statistics.median(f[i] for f in figures) for i in range(3))
+                print(f"| {proto} | {concurrency} | {name} | {rate:,.0f} | {user:.3f} "
+                      f"| {system:.3f} |", flush=True)
 
 
 def counts(text: str) -> list[int]:
