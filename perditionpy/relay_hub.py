@@ -187,11 +187,11 @@ class _Pipes:
     """Pipes for splice, lent to a direction only while bytes sit in them."""
 
     def __init__(self) -> None:
-        self.free: list[Pipe] = []  # (the relay takes from and gives to it directly)
+        self._free: list[Pipe] = []
 
     def take(self) -> Pipe | None:
-        if self.free:
-            return self.free.pop()
+        if self._free:
+            return self._free.pop()
         try:
             read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # out of descriptors: the caller copies instead
@@ -199,8 +199,8 @@ class _Pipes:
         return read_end, write_end, fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
 
     def give(self, pipe: Pipe) -> None:
-        if len(self.free) < _SPARE_PIPES:
-            self.free.append(pipe)
+        if len(self._free) < _SPARE_PIPES:
+            self._free.append(pipe)
         else:
             _close_pipe(pipe)
 
@@ -243,8 +243,7 @@ class _Flow:
         self.read_on = _READ
         try:
             if self.splice and not self.buf:
-                if self.pipe is None:
-                    self.pipe = pipes.free.pop() if pipes.free else pipes.take()
+                self.pipe = self.pipe or pipes.take()
                 if self.pipe is not None:
                     return self._splice_in(self.pipe, pipes)
             return self._recv_in()
