@@ -120,7 +120,10 @@ class LineFormatter(logging.Formatter):
         # Client input may reach a message as lone surrogates; no sink can encode those.
         if not text.isascii():
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        return f"{self._timestamp(created)} {self.ident}[{_pid() if pid is None else pid}]: {text}"
+        second, stamp = self._second  # (as _timestamp, inlined: a line per login)
+        if int(created) != second:
+            stamp = self._timestamp(created)
+        return f"{stamp} {self.ident}[{_PID[0] if pid is None else pid}]: {text}"
 
 
 class _FormatOutsideLock(logging.Handler):
@@ -236,7 +239,8 @@ class _StreamHandler(_FormatOutsideLock, logging.StreamHandler[TextIO]):
     """stdout or stderr (``-F -`` / ``-F +``)."""
 
     def write_line(self, level: int, line: str) -> None:
-        _write_to_stream(self, line)
+        self.stream.write(line + self.terminator)  # (as _write_to_stream)
+        self.stream.flush()
 
 
 def _write_to_stream(handler: logging.StreamHandler[Any], line: str) -> None:

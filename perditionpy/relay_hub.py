@@ -187,11 +187,11 @@ class _Pipes:
     """Pipes for splice, lent to a direction only while bytes sit in them."""
 
     def __init__(self) -> None:
-        self._free: list[Pipe] = []
+        self.free: list[Pipe] = []  # (Flow.through pops from it itself)
 
     def take(self) -> Pipe | None:
-        if self._free:
-            return self._free.pop()
+        if self.free:
+            return self.free.pop()
         try:
             read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # out of descriptors: the caller copies instead
@@ -199,8 +199,8 @@ class _Pipes:
         return read_end, write_end, fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
 
     def give(self, pipe: Pipe) -> None:
-        if len(self._free) < _SPARE_PIPES:
-            self._free.append(pipe)
+        if len(self.free) < _SPARE_PIPES:
+            self.free.append(pipe)
         else:
             _close_pipe(pipe)
 
@@ -325,6 +325,50 @@ class _Flow:
             return count
         return 0
 
+    def through(self, pipes: _Pipes) -> int:
+        """(a spliced flow holding nothing) Read what ``src`` has into a pipe and
+        write it on to ``dst`` at once: 1 when done or nothing came, 0 at EOF,
+        -1 when writing failed.  What ``dst`` did not take stays held, as after
+        ``fill`` and ``drain``; a read error other than "nothing yet" goes the
+        ``fill`` way (it knows sockets the kernel cannot splice from)."""
+        if not self.splice:  # the kernel refused to splice from src: copying now
+            return self._fill_and_drain(pipes)
+        free = pipes.free
+        pipe = free.pop() if free else pipes.take()
+        if pipe is None:
+            return self._fill_and_drain(pipes)
+        try:
+            count = os.splice(self.src_fd, pipe[1], pipe[2], flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            pipes.give(pipe)
+            return 1
+        except OSError:
+            pipes.give(pipe)
+            return self._fill_and_drain(pipes)
+        if count == 0:
+            pipes.give(pipe)
+            return 0
+        self.active = True
+        try:
+            sent = os.splice(pipe[0], self.dst_fd, count, flags=_SPLICE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.pipe, self.held = pipe, count  # released with the pair
+            return -1
+        self.moved += sent
+        self.spliced += sent
+        if sent == count:
+            pipes.give(pipe)
+        else:
+            self.pipe, self.held = pipe, count - sent
+        return 1
+
+    def _fill_and_drain(self, pipes: _Pipes) -> int:
+        if not self.fill(pipes):
+            return 0
+        return 1 if self.drain(pipes) else -1
+
     def release(self) -> None:
         if self.pipe is not None:  # may still hold bytes: not fit to lend again
             _close_pipe(self.pipe)
@@ -335,7 +379,7 @@ class _Pair:
     """A client and its back-end, relayed until either side ends."""
 
     __slots__ = ("client", "server", "up", "down", "timeout", "on_done", "label", "last",
-                 "ending", "masks", "tls")
+                 "ending", "masks", "tls", "quick")
 
     def __init__(self, client: socket.socket, server: socket.socket, *,
                  timeout: float | None, on_done: OnDone, label: str, splice: bool) -> None:
@@ -347,6 +391,7 @@ class _Pair:
         self.ending = False  # a side ended: only writing out what was read
         self.masks = [0, 0]  # events registered for client, server
         self.tls = _is_tls(client) or _is_tls(server)
+        self.quick = splice and not self.tls  # see step
 
     def step(self, pipes: _Pipes, client_events: int = _ALL, server_events: int = _ALL) -> bool:
         """Move what can move without blocking; False when the pair is over.
@@ -357,6 +402,21 @@ class _Pair:
         A direction reads only when its source showed what its read waits for,
         so a wake-up by one side costs no failed read of the other."""
         up, down = self.up, self.down
+        if self.quick and not (up.held or down.held or self.ending):
+            # Spliced both ways and nothing waiting: each side that showed
+            # readiness is read and passed on straight away.
+            for flow, events in ((up, client_events), (down, server_events)):
+                if events & _READ:
+                    done = flow.through(pipes)
+                    if done < 0:
+                        return False
+                    if done == 0:
+                        self.ending = True
+                        break
+            if up.active or down.active:
+                up.active = down.active = False
+                self.last = time.monotonic()
+            return not (self.ending and not up.held and not down.held)
         # (Nothing held: there is room, without asking.)
         if not self.ending and client_events & up.read_on and (not up.held or up.room() > 0) \
                 and not up.fill(pipes):
@@ -582,7 +642,7 @@ class RelayHub:
                 self._step(pair, client_events, server_events)
         self._sel.settle()
         # Only a read can leave bytes inside OpenSSL, and only stepped pairs read.
-        return [pair for pair in ready if pair in pairs and pair.hot()]
+        return [pair for pair in ready if pair.tls and pair in pairs and pair.hot()]
 
     # -- listeners
 

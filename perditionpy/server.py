@@ -214,6 +214,22 @@ def open_listeners(options: Options, *, reuse_port: bool = False) -> list[socket
     return sockets
 
 
+def _accept(listener: socket.socket, kinds: dict[socket.socket, tuple[int, int, int]]
+            ) -> tuple[socket.socket, Any]:
+    """``listener.accept()``, with the listener's family, type and protocol
+    remembered in ``kinds`` instead of converted to enums on every call (the
+    caller sets the blocking mode)."""
+    kind = kinds.get(listener)
+    if kind is None:
+        kind = kinds[listener] = (int(listener.family), int(listener.type), listener.proto)
+    fd, peer = listener._accept()  # type: ignore[attr-defined]
+    try:
+        return socket.socket(*kind, fileno=fd), peer
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _fixed_local_address(listener: socket.socket) -> Address | None:
     """The local address of every connection ``listener`` accepts, if it is
     bound to one address (``None`` for a wildcard: ask each connection)."""
@@ -408,7 +424,7 @@ def _tune_client_socket(conn: socket.socket, keepalive: bool, *, blocking: bool,
     from one of ours: it has them already); blocking for a thread of its own,
     non-blocking for the event loop."""
     conn.setblocking(blocking)
-    if conn.family in (socket.AF_INET, socket.AF_INET6) and not from_listener:
+    if not from_listener and conn.family in (socket.AF_INET, socket.AF_INET6):
         # Sessions coalesce their writes; Nagle would only add latency.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if keepalive:
@@ -434,6 +450,7 @@ class Server:
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
         self._local_of: dict[socket.socket, Address | None] = {}  # see _fixed_local_address
+        self._kind_of: dict[socket.socket, tuple[int, int, int]] = {}  # see _accept
         self._accepting = False
         self._paused_until = 0.0
         self._stop_at: float | None = None  # when the grace period ends
@@ -614,7 +631,7 @@ class Server:
     def _accept(self, listener: socket.socket) -> bool:
         """Take one connection; False when none was waiting (or accepting failed)."""
         try:
-            conn, peer = listener.accept()
+            conn, peer = _accept(listener, self._kind_of)
         except (BlockingIOError, InterruptedError):
             return False
         except ConnectionAbortedError:

@@ -52,6 +52,7 @@ __all__ = ["GreetingHosts", "Session", "SessionServices", "greeting_host"]
 log = logging.getLogger("perditionpy.session")
 
 Address = tuple[Any, ...] | None
+_NO_TLS = TlsMode()  # (frozen: one for every session without SSL/TLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class Session:
         self._from_to = _from_to(client, local)
         self._inetd_pid = inetd_pid
         self._tls = services.tls
-        self._mode = self._tls.mode if self._tls is not None else TlsMode()
+        self._mode = self._tls.mode if self._tls is not None else _NO_TLS
         self._client_secure = "ssl" if self._mode.ssl_listen else "plaintext"
         self._server_secure = "ssl" if self._mode.ssl_outgoing else "plaintext"
         self._engine: Any = None  # made once the greeting's host name is known

@@ -69,17 +69,11 @@ class Loop(Protocol):
         lets go of ``task.sock`` (may be None), still watched for ``task.events``."""
 
 
-def _nonblocking(sock: socket.socket) -> None:
-    """(A socket from a connect by name, made on a worker, is still blocking.)"""
-    if sock.gettimeout() != 0.0:
-        sock.setblocking(False)
-
-
 class Task:
     """A session's generator and what it waits for now."""
 
     __slots__ = ("steps", "client", "label", "wait", "sock", "events", "serial", "pending",
-                 "done", "spoke", "deadline", "alarm_at")
+                 "done", "spoke", "deadline", "alarm_at", "plain")
 
     def __init__(self, steps: Steps[None], client: socket.socket, label: str = "") -> None:
         self.steps = steps
@@ -99,6 +93,8 @@ class Task:
         # deadline, so a later deadline only moves the time an alarm finds.
         self.deadline: float | None = None
         self.alarm_at: float | None = None
+        # The sockets this loop reads and writes itself, made non-blocking already.
+        self.plain: set[socket.socket] = set()
 
     # -- running the generator
 
@@ -129,17 +125,18 @@ class Task:
     def _begin(self, loop: Loop, wait: Wait) -> tuple[bool, Any]:
         """Start ``wait``: (True, result) when it is done already, else (False, None)
         with the loop told what to watch."""
-        if type(wait) is Recv and not isinstance(wait.sock, ssl.SSLSocket):
-            if wait.sock is self.spoke:
-                self.spoke = None
-                _nonblocking(wait.sock)
-                self._block(loop, wait.sock, _READ, wait.timeout)
-                return False, None
-            return self._recv(loop, wait)
-        if type(wait) is SendAll and not isinstance(wait.sock, ssl.SSLSocket):
-            self.pending = memoryview(wait.data)
-            return self._send(loop, wait)
-        if type(wait) is Connect and address_family(wait.host) is not None:
+        if type(wait) is Recv:
+            sock = wait.sock
+            if sock in self.plain or self._plain(sock):
+                if sock is self.spoke:
+                    self.spoke = None
+                    self._block(loop, sock, _READ, wait.timeout)
+                    return False, None
+                return self._recv(loop, wait)
+        elif type(wait) is SendAll:
+            if wait.sock in self.plain or self._plain(wait.sock):
+                return self._send(loop, wait.data, wait)
+        elif type(wait) is Connect and address_family(wait.host) is not None:
             return self._connect(loop, wait)
         self._watch(loop, None, 0)
         if type(wait) is Sleep:
@@ -150,26 +147,37 @@ class Task:
             loop.offload(self, wait)
         return False, None
 
+    def _plain(self, sock: socket.socket) -> bool:
+        """Whether the loop can read and write ``sock`` itself (not TLS); made
+        non-blocking the first time (a socket from a connect by name, made on a
+        worker, is still blocking)."""
+        if isinstance(sock, ssl.SSLSocket):
+            return False
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)
+        self.plain.add(sock)
+        return True
+
     def _recv(self, loop: Loop, wait: Recv) -> tuple[bool, Any]:
-        _nonblocking(wait.sock)
         try:
             return True, wait.sock.recv(wait.size)
         except (BlockingIOError, InterruptedError):
             self._block(loop, wait.sock, _READ, wait.timeout)
             return False, None
 
-    def _send(self, loop: Loop, wait: SendAll) -> tuple[bool, Any]:
-        _nonblocking(wait.sock)
-        data = self.pending
-        assert isinstance(data, memoryview)
+    def _send(self, loop: Loop, data: bytes | memoryview, wait: SendAll) -> tuple[bool, Any]:
+        sock = wait.sock
         try:
-            while data:
-                data = data[wait.sock.send(data):]
+            sent = sock.send(data)
+            if sent < len(data):  # rarely: the rest waits for room
+                data = memoryview(data)[sent:]
+                while data:
+                    data = data[sock.send(data):]
         except (BlockingIOError, InterruptedError):
-            self.pending = data
-            self._block(loop, wait.sock, _WRITE, wait.timeout)
+            self.pending = memoryview(data)
+            self._block(loop, sock, _WRITE, wait.timeout)
             return False, None
-        self.spoke = wait.sock
+        self.spoke = sock
         return True, None
 
     def _connect(self, loop: Loop, wait: Connect) -> tuple[bool, Any]:
@@ -181,6 +189,7 @@ class Task:
         except BaseException:
             sock.close()
             raise
+        self.plain.add(sock)
         if code == 0:
             self.spoke = sock
             return True, sock
@@ -193,9 +202,14 @@ class Task:
 
     def _block(self, loop: Loop, sock: socket.socket, events: int,
                timeout: float | None) -> None:
-        self._watch(loop, sock, events)
+        if sock is not self.sock or events != self.events:
+            loop.watch_socket(self, sock, events, self.sock)
+            self.sock, self.events = sock, events
         if timeout is not None and self.wait is None:  # not when readiness was spurious
-            self._alarm(loop, time.monotonic() + timeout)
+            deadline = self.deadline = time.monotonic() + timeout
+            if self.alarm_at is None or deadline < self.alarm_at:  # (as _alarm, inlined)
+                self.alarm_at = deadline
+                loop.wake_at(self, deadline)
 
     def _alarm(self, loop: Loop, deadline: float) -> None:
         self.deadline = deadline
@@ -219,11 +233,13 @@ class Task:
         """The watched socket is ready: carry the wait on."""
         wait = self.wait
         try:
-            if isinstance(wait, Recv):
+            if type(wait) is Recv:
                 ready, value = self._recv(loop, wait)
-            elif isinstance(wait, SendAll):
-                ready, value = self._send(loop, wait)
-            elif isinstance(wait, Connect):
+            elif type(wait) is SendAll:
+                pending = self.pending
+                assert isinstance(pending, memoryview)
+                ready, value = self._send(loop, pending, wait)
+            elif type(wait) is Connect:
                 ready, value = True, self._connected()
             else:
                 return  # readiness for a wait that is over: nothing to do

@@ -196,6 +196,10 @@ class CommandReader:
                 i = j
 
     def _quoted(self, text: bytes, i: int) -> int:
+        end = text.find(b'"', i)
+        if end >= 0 and text.find(b"\\", i, end) < 0:  # nothing quoted inside
+            self._cmd.tokens.append(text[i:end])
+            return end + 1
         out = bytearray()
         n = len(text)
         while i < n:

@@ -14,7 +14,6 @@ Reply texts are perdition's, byte for byte; see tests/unit/test_imap4_*.py.
 
 from __future__ import annotations
 
-import enum
 from typing import Protocol
 
 from perditionpy.protocol import _imap4_syntax as syntax
@@ -77,13 +76,34 @@ def greeting_text(options: Imap4Options, host: str, checksum: int, *,
     return f"[CAPABILITY {words}] {GREETING} {host} {checksum:08x}"
 
 
+# Greeting texts already worked out, by (options, host, checksum, tls_listen,
+# tls_force): every connection to one address gets the same one.
+_GREETINGS: dict[tuple[int, str, int, bool, bool], tuple[Imap4Options, str]] = {}
+_GREETINGS_KEPT = 64
+
+
+def _greeting_text_for(options: Imap4Options, host: str, checksum: int, tls_listen: bool,
+                       tls_force: bool) -> str:
+    """:func:`greeting_text`, remembered (the options object is kept with it, so a
+    new one after SIGHUP never finds an old text)."""
+    key = (id(options), host, checksum, tls_listen, tls_force)
+    known = _GREETINGS.get(key)
+    if known is not None and known[0] is options:
+        return known[1]
+    text = greeting_text(options, host, checksum, tls_listen=tls_listen, tls_force=tls_force)
+    if len(_GREETINGS) >= _GREETINGS_KEPT:
+        _GREETINGS.clear()
+    _GREETINGS[key] = (options, text)
+    return text
+
+
 def _line(tag: bytes | None, *words: str | bytes) -> bytes:
     parts = [tag if tag is not None else b"*"]
     parts += [w.encode("utf-8", "surrogateescape") if isinstance(w, str) else w for w in words]
     return b" ".join(parts) + CRLF
 
 
-class _State(enum.Enum):
+class _State:  # plain constants: an Enum member costs a lookup hook on 3.11
     COMMANDS = "commands"          # reading pre-authentication commands
     WAITING = "waiting"            # Credentials emitted; the session is deciding
     CLOSED = "closed"
@@ -103,8 +123,8 @@ class Imap4FrontEnd:
     def __init__(self, options: Imap4Options, *, greeting_host: str, checksum: int,
                  tls_listen: bool = False, tls_force: bool = False) -> None:
         self._options = options
-        self._greeting = greeting_text(options, greeting_host, checksum,
-                                       tls_listen=tls_listen, tls_force=tls_force)
+        self._greeting = _greeting_text_for(options, greeting_host, checksum, tls_listen,
+                                            tls_force)
         self._reader = syntax.CommandReader()
         self._state = _State.COMMANDS
         self._tag: bytes | None = None
@@ -286,7 +306,7 @@ def next_tag(tag: bytes) -> bytes:
     return bytes(chars)
 
 
-class _Step(enum.Enum):
+class _Step:  # plain constants: an Enum member costs a lookup hook on 3.11
     GREETING = "greeting"
     TLS_CAPABILITY = "tls_capability"  # tls_outgoing: does the server offer STARTTLS?
     STARTTLS = "starttls"        # sent STARTTLS; waiting for the tagged reply
@@ -389,7 +409,7 @@ class Imap4BackendLogin:
         else:
             self._capability(_Step.TLS_CAPABILITY if self._starttls else _Step.CAPABILITY)
 
-    def _capability(self, step: _Step) -> None:
+    def _capability(self, step: str) -> None:
         self._step = step
         self._capability_read = False
         self._send(self.tag + b" CAPABILITY" + CRLF)
@@ -397,12 +417,11 @@ class Imap4BackendLogin:
     def _untagged(self, line: bytes, raw: bytes) -> None:
         asking = self._step in (_Step.CAPABILITY, _Step.TLS_CAPABILITY)
         if asking and not self._capability_read:
-            words = line.split()
-            if len(words) > 1 and words[1].upper() == b"CAPABILITY":
+            words = line.upper().split()
+            if len(words) > 1 and words[1] == b"CAPABILITY":
                 self._capability_read = True
-                names = {w.upper() for w in words[2:]}
-                self._logindisabled = b"LOGINDISABLED" in names
-                self._offers_starttls = b"STARTTLS" in names
+                self._logindisabled = b"LOGINDISABLED" in words[2:]
+                self._offers_starttls = b"STARTTLS" in words[2:]
                 return
         # perdition consumes only the reply to its own CAPABILITY; it passes every
         # other untagged line on to the client (e.g. the capabilities Dovecot

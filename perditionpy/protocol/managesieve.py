@@ -331,7 +331,7 @@ def _string_arg(word: bytes) -> bytes | _Literal | None:
 # ------------------------------------------------------------------ front-end
 
 
-class _Phase(enum.Enum):
+class _Phase:  # plain constants: an Enum member costs a lookup hook on 3.11
     COMMANDS = "commands"     # reading command lines
     LITERAL = "literal"       # reading a literal's bytes
     AFTER_LITERAL = "after"   # reading the rest of the line after a literal
@@ -569,7 +569,7 @@ def _split(line: bytes) -> list[bytes]:
 # ------------------------------------------------------------------ back-end
 
 
-class _Step(enum.Enum):
+class _Step:  # plain constants: an Enum member costs a lookup hook on 3.11
     GREETING = "greeting"     # reading the capability lines up to OK
     STARTTLS = "starttls"     # sent STARTTLS; waiting for OK
     TLS_GREETING = "tls"      # after the handshake: the capability again

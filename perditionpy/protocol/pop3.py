@@ -156,7 +156,7 @@ def capability_block(spec: str, *, offer_stls: bool = False) -> bytes:
     return b"".join(encode_name(item) + CRLF for item in items if item) + b"." + CRLF
 
 
-class _Phase(enum.Enum):
+class _Phase:  # plain constants: an Enum member costs a lookup hook on 3.11
     COMMANDS = "commands"   # reading pre-authentication commands
     WAITING = "waiting"     # Credentials emitted; the session is deciding
     CLOSED = "closed"       # QUIT or end of input
@@ -324,7 +324,7 @@ _COMMANDS = {
 # ------------------------------------------------------------------ back-end
 
 
-class _Step(enum.Enum):
+class _Step:  # plain constants: an Enum member costs a lookup hook on 3.11
     GREETING = "greeting"
     CAPA = "capa"          # tls_outgoing: sent CAPA; waiting for +OK
     CAPA_LIST = "capa_list"  # reading the capability lines up to "."
@@ -454,7 +454,7 @@ class Pop3BackendLogin:
             self._outbox.append(StartTLS())
             self._send_user()
 
-    def _send(self, step: _Step, data: bytes) -> None:
+    def _send(self, step: str, data: bytes) -> None:
         self._step = step
         self._outbox.append(ToBackend(data))
 

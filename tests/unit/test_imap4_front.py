@@ -208,3 +208,20 @@ def test_arbitrary_bytes_only_produce_protocol_events(chunks: list[bytes]) -> No
             pytest.fail("engine did not settle")
         if isinstance(ev, ClientClosed):
             break
+
+
+def test_a_greeting_worked_out_once_follows_new_options() -> None:
+    """The greeting text is remembered per options object: new options (a
+    SIGHUP) give a new text even for the same host, checksum and flags."""
+    first, again = Opts(), Opts()
+    assert first == again and first is not again
+    assert engine().greeting() == Imap4FrontEnd(first, greeting_host="localhost",  # type: ignore[arg-type]
+                                                checksum=0x2BB46).greeting()
+    changed = Opts(imap_capability="IMAP4REV1 IDLE")
+    for _ in range(2):
+        assert Imap4FrontEnd(changed, greeting_host="localhost",  # type: ignore[arg-type]
+                             checksum=0x2BB46).greeting() == (
+            b"* OK [CAPABILITY IMAP4REV1 IDLE] perdition ready on localhost 0002bb46\r\n")
+        assert Imap4FrontEnd(first, greeting_host="other",  # type: ignore[arg-type]
+                             checksum=0x2BB46).greeting() == (
+            b"* OK [CAPABILITY IMAP4 IMAP4REV1] perdition ready on other 0002bb46\r\n")

@@ -104,3 +104,21 @@ def test_a_pause_ends_at_its_alarm() -> None:
         assert len(loop.alarms) == 1 and not task.done
         task.alarm(loop, loop.alarms[0])
     assert slept == [-1.0] and task.done  # resumed by the loop, never slept in a thread
+
+
+def test_a_blocking_socket_is_made_non_blocking_once_and_read_by_the_loop() -> None:
+    """A socket from a connect by name (made on a worker) is still blocking: the
+    task makes it non-blocking the first time it waits on it, never again."""
+    seen: list[object] = []
+    near, far = socket.socketpair()
+    with near, far:
+        assert near.gettimeout() is None
+        task = Task(_reads(near, [10.0, 10.0], seen), near)
+        loop = RecordingLoop()
+        task.resume(loop)
+        assert near.gettimeout() == 0.0 and near in task.plain
+        assert loop.watching == (near, 1)  # nothing to read yet: it waits on epoll
+        far.sendall(b"one")
+        task.ready(loop)
+        assert seen == [b"one"] and task.plain == {near}
+        assert loop.watching == (near, 1) and not task.done  # the second read waits
