@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from types import MappingProxyType
-from typing import Any, Protocol, TextIO, cast
+from typing import Any, Protocol, TextIO
 
 from perditionpy.errors import OptionError
 
@@ -287,7 +287,7 @@ def _sole_handler(logger: logging.Logger, level: int) -> _FormatOutsideLock | No
     handler = handlers[0]
     if type(handler) not in _OUR_HANDLERS or handler.filters or level < handler.level:
         return None
-    return cast(_FormatOutsideLock, handler)
+    return handler  # type: ignore[return-value]  # (one of _OUR_HANDLERS; no cast() call)
 
 
 def line(logger: logging.Logger, level: int, msg: str, *args: object) -> None:

@@ -64,6 +64,9 @@ _OUT_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _SCAN_INTERVAL = 1.0
 # Empty pipes kept for the next transfer instead of being closed.
 _SPARE_PIPES = 64
+# epoll's mask for each combination of selectors' EVENT_READ (1) and EVENT_WRITE (2).
+_BOTH_READ = [_READ, _READ]  # a pair's masks while it only waits to read
+_EPOLL_MASKS = (0, select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT)
 # The data of a parked registration (_Poller.park): its readiness is nobody's.
 _PARKED = object()
 
@@ -76,7 +79,8 @@ def splice_available() -> bool:
     return hasattr(os, "splice") and hasattr(fcntl, "F_GETPIPE_SZ")
 
 
-_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if splice_available() else 0
+_SPLICE = splice_available()
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _SPLICE else 0
 
 
 def _is_tls(sock: socket.socket) -> bool:
@@ -99,10 +103,6 @@ class _Poller:
         self._objects: dict[int, tuple[object, object]] = {}
         self._parked: dict[object, int] = {}  # object → its epoll mask (see park)
 
-    @staticmethod
-    def _mask(events: int) -> int:
-        return ((select.EPOLLIN if events & _READ else 0)
-                | (select.EPOLLOUT if events & _WRITE else 0))
 
     def register(self, obj: socket.socket, events: int, data: object) -> None:
         if obj in self._fds:
@@ -116,15 +116,15 @@ class _Poller:
             self._fds.pop(stale[0], None)
             self._parked.pop(stale[0], None)
         try:
-            self._epoll.register(fd, self._mask(events))
+            self._epoll.register(fd, _EPOLL_MASKS[events])
         except FileExistsError:  # the stale one's file is still open elsewhere
-            self._epoll.modify(fd, self._mask(events))
+            self._epoll.modify(fd, _EPOLL_MASKS[events])
         self._fds[obj] = fd
         self._objects[fd] = (obj, data)
 
     def modify(self, obj: socket.socket, events: int, data: object) -> None:
         fd = self._fds[obj]
-        self._epoll.modify(fd, self._mask(events))
+        self._epoll.modify(fd, _EPOLL_MASKS[events])
         self._objects[fd] = (obj, data)
 
     def unregister(self, obj: object) -> None:
@@ -154,10 +154,10 @@ class _Poller:
         fd = self._fds.get(obj)
         if fd is not None and self._objects[fd][0] is obj:
             self._objects[fd] = (obj, _PARKED)
-            self._parked[obj] = self._mask(events)
+            self._parked[obj] = _EPOLL_MASKS[events]
 
     def _adopt(self, obj: socket.socket, events: int, data: object) -> None:
-        mask = self._mask(events)
+        mask = _EPOLL_MASKS[events]
         fd = self._fds[obj]
         if self._parked.pop(obj) != mask:
             self._epoll.modify(fd, mask)
@@ -167,6 +167,16 @@ class _Poller:
         """Unregister what is still parked."""
         while self._parked:
             self.unregister(next(iter(self._parked)))
+
+    @property
+    def objects(self) -> dict[int, tuple[object, object]]:
+        """Descriptor → (object, data) of what :meth:`poll` may report (data is
+        ``_PARKED`` for a parked registration)."""
+        return self._objects
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        """epoll's own ``(descriptor, mask)`` list; see :attr:`objects`."""
+        return self._epoll.poll(timeout)
 
     def select(self, timeout: float) -> list[tuple[object, object, int]]:
         """``(obj, data, events)`` for each ready object, parked ones left out; a
@@ -405,14 +415,18 @@ class _Pair:
         if self.quick and not (up.held or down.held or self.ending):
             # Spliced both ways and nothing waiting: each side that showed
             # readiness is read and passed on straight away.
-            for flow, events in ((up, client_events), (down, server_events)):
-                if events & _READ:
-                    done = flow.through(pipes)
+            if client_events & _READ:
+                done = up.through(pipes)
+                if done <= 0:
                     if done < 0:
                         return False
-                    if done == 0:
-                        self.ending = True
-                        break
+                    self.ending = True
+            if server_events & _READ and not self.ending:
+                done = down.through(pipes)
+                if done <= 0:
+                    if done < 0:
+                        return False
+                    self.ending = True
             if up.active or down.active:
                 up.active = down.active = False
                 self.last = time.monotonic()
@@ -492,13 +506,15 @@ class RelayHub:
     def add(self, client: socket.socket, server: socket.socket, *, timeout: float | None,
             on_done: OnDone, label: str = "") -> None:
         """Relay ``client`` ⇄ ``server`` from now on; the hub owns and closes both."""
-        splice = splice_available() and not (_is_tls(client) or _is_tls(server))
+        splice = _SPLICE and not (_is_tls(client) or _is_tls(server))
         pair = _Pair(client, server, timeout=timeout, on_done=on_done, label=label,
                      splice=splice)
         for sock in (client, server):
-            with contextlib.suppress(OSError):  # a dead socket ends the pair at its first step
+            try:
                 if sock.gettimeout() != 0.0:
                     sock.setblocking(False)
+            except OSError:  # a dead socket ends the pair at its first step
+                pass
         with self._lock:
             self._start()
             self._incoming.append(pair)
@@ -605,14 +621,23 @@ class RelayHub:
         wait = 0.0 if hot else max(0.0, moment - time.monotonic())
         ready: dict[_Pair, list[int]] = {}  # the pair → events seen on client, server
         woken: list[Task] = []
-        for fileobj, data, events in self._sel.select(wait):
+        objects = self._sel.objects
+        # (_Poller.select, inlined: only a pair needs the events spelled out)
+        for fd, mask in self._sel.poll(wait):
+            entry = objects.get(fd)
+            if entry is None:
+                continue
+            fileobj, data = entry
             if type(data) is Task:
                 woken.append(data)
             elif type(data) is _Pair:
                 seen = ready.get(data)
                 if seen is None:
                     seen = ready[data] = [0, 0]
-                seen[fileobj is data.server] |= events
+                seen[fileobj is data.server] |= ((_READ if mask & _IN_EVENTS else 0)
+                                                 | (_WRITE if mask & _OUT_EVENTS else 0))
+            elif data is _PARKED:
+                continue
             elif data is None:
                 try:
                     while reader.recv(4096):
@@ -781,9 +806,9 @@ class RelayHub:
 
     def _register(self, pair: _Pair) -> None:
         assert self._sel is not None
-        masks, up, down = pair.masks, pair.up, pair.down
-        if (masks[0] == _READ and masks[1] == _READ and not (up.held or down.held or pair.ending)
-                and up.read_on == _READ and down.read_on == _READ):
+        up, down = pair.up, pair.down
+        if (not (up.held or down.held or pair.ending) and pair.masks == _BOTH_READ
+                and (pair.quick or (up.read_on == _READ and down.read_on == _READ))):
             return  # the usual case: both sides read, as registered already
         for side, sock in enumerate((pair.client, pair.server)):
             events = pair.wanted(sock)

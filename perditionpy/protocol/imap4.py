@@ -99,7 +99,8 @@ def _greeting_text_for(options: Imap4Options, host: str, checksum: int, tls_list
 
 def _line(tag: bytes | None, *words: str | bytes) -> bytes:
     parts = [tag if tag is not None else b"*"]
-    parts += [w.encode("utf-8", "surrogateescape") if isinstance(w, str) else w for w in words]
+    for word in words:
+        parts.append(word.encode("utf-8", "surrogateescape") if isinstance(word, str) else word)
     return b" ".join(parts) + CRLF
 
 
@@ -290,6 +291,9 @@ _COMMANDS = {
 
 def next_tag(tag: bytes) -> bytes:
     """perdition's tag sequence: the last character counts 0-9, a-z, A-Z."""
+    last = tag[-1] if tag else 0
+    if 0x30 <= last < 0x39 or 0x61 <= last < 0x7A or 0x41 <= last < 0x5A:
+        return tag[:-1] + _BYTE[last + 1]  # the usual case: no carry
     chars = bytearray(tag)
     for i in range(len(chars) - 1, -1, -1):
         c = chars[i]
@@ -304,6 +308,9 @@ def next_tag(tag: bytes) -> bytes:
             return bytes(chars)
         chars[i] = 0x30  # 'Z' or anything else wraps and carries
     return bytes(chars)
+
+
+_BYTE = [bytes((value,)) for value in range(256)]
 
 
 class _Step:  # plain constants: an Enum member costs a lookup hook on 3.11
