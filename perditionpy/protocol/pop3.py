@@ -363,8 +363,9 @@ class Pop3BackendLogin:
                  starttls: bool = False, require_tls: bool = False) -> None:
         self._user = encode_name(user)
         self._password = encode_name(password)
-        if any(c in value for value in (self._user, self._password) for c in b"\r\n\x00"):
-            raise ValueError("POP3 user name or password contains CR, LF or NUL")
+        for value in (self._user, self._password):
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                raise ValueError("POP3 user name or password contains CR, LF or NUL")
         self._ours = _our_text(our_greeting)
         self._reader = _LineReader(limits.MAX_BACKEND_LINE)
         self._step = _Step.GREETING
