@@ -154,3 +154,15 @@ def test_a_figure_from_several_rounds_is_their_median() -> None:
     assert combined["runs"] == [1000.0, 1200.0, 1100.0]
     assert (combined["logins"], combined["errors"]) == (16500, 1)
     assert run.median_run(runs[:2])["logins_per_s"] == 1100  # two: their mean
+
+
+def test_the_instruction_count_is_read_from_callgrind_totals() -> None:
+    """bench/instructions.py: with counting switched on late, callgrind's
+    ``summary:`` header says 0; the count is on the ``totals:`` line."""
+    from bench import instructions
+
+    sample = "version: 1\nevents: Ir\nsummary: 0\nfn=(1) main\n5 3\ntotals: 576006968\n"
+    match = instructions._TOTALS.search(sample)
+    assert match is not None and int(match.group(1)) == 576006968
+    args = instructions.parse_args(["HEAD~1", "--proto", "pop3"])
+    assert (args.rev, args.proto, args.concurrency) == ("HEAD~1", "pop3", 4)

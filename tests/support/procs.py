@@ -137,12 +137,14 @@ def start_perditionpy(
     nofile: int | None = DEFAULT_NOFILE,
     timeout: float = _READY_TIMEOUT,
     tree: Path | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Proc:
     """Start ``python -m perditionpy --no_daemon -F + <defaults> *args`` and wait for it.
 
     ``tree``: run the perditionpy of that checkout (another version, for
-    bench/compare.py) instead of this repository's."""
-    command = [sys.executable, "-m", "perditionpy", "--no_daemon", "-F", "+"]
+    bench/compare.py) instead of this repository's.  ``wrapper``: a command to
+    run Python under (valgrind, for bench/instructions.py)."""
+    command = [*wrapper, sys.executable, "-m", "perditionpy", "--no_daemon", "-F", "+"]
     launch = _Launch(port, greeting, log_dir, env, nofile, timeout, tree or REPO_ROOT)
     return _start("perditionpy", command, args, launch)
 
