@@ -247,24 +247,35 @@ def test_a_tls_side_takes_the_copy_path_and_moves_everything(hub: RelayHub,
 
 @pytest.mark.parametrize("splice", [True, False] if splice_available() else [False])
 def test_a_step_reads_only_the_side_that_showed_readiness(splice: bool) -> None:
-    client, client_far = socket.socketpair()
-    server, server_far = socket.socketpair()
-    pair = relay_hub._Pair(client, server, timeout=None, on_done=lambda result: None,
-                           label="", splice=splice)
-    pipes = relay_hub._Pipes()
-    try:
-        for sock in (client, server):
-            sock.setblocking(False)
-        client_far.sendall(b"a NOOP\r\n")
-        server_far.sendall(b"* OK\r\n")
+    with _bare_pair(splice=splice) as ends:
+        pair, pipes = ends.pair, ends.pipes
+        ends.client_far.sendall(b"a NOOP\r\n")
+        ends.server_far.sendall(b"* OK\r\n")
         # Woken by the server only: its bytes move, the client's wait for their turn.
         assert pair.step(pipes, client_events=0, server_events=relay_hub._READ)
-        assert _read_exactly(client_far, 6) == b"* OK\r\n"
+        assert _read_exactly(ends.client_far, 6) == b"* OK\r\n"
         assert (pair.up.moved, pair.down.moved) == (0, 6)
         assert pair.step(pipes, client_events=relay_hub._READ, server_events=0)
-        assert _read_exactly(server_far, 8) == b"a NOOP\r\n"
+        assert _read_exactly(ends.server_far, 8) == b"a NOOP\r\n"
         assert (pair.up.moved, pair.down.moved) == (8, 6)
+
+
+@contextlib.contextmanager
+def _bare_pair(*, splice: bool = True) -> Iterator[SimpleNamespace]:
+    """A _Pair over two socketpairs, stepped by the test itself: ``pair``,
+    ``pipes``, the hub's ends ``client``/``server`` and our far ends."""
+    client, client_far = socket.socketpair()
+    server, server_far = socket.socketpair()
+    for sock in (client, server):
+        sock.setblocking(False)
+    pair = relay_hub._Pair(client, server, timeout=None, on_done=lambda result: None,
+                           label="", splice=splice)
+    try:
+        yield SimpleNamespace(pair=pair, pipes=relay_hub._Pipes(), client=client,
+                              server=server, client_far=client_far, server_far=server_far)
     finally:
+        pair.up.release()
+        pair.down.release()
         for sock in (client, client_far, server, server_far):
             sock.close()
 
@@ -273,61 +284,35 @@ def test_a_step_reads_only_the_side_that_showed_readiness(splice: bool) -> None:
 def test_what_the_other_side_cannot_take_yet_stays_held_in_the_pipe() -> None:
     """The quick path (read and pass on at once) keeps what the destination
     did not take, and the pair then drains it like any other."""
-    client, client_far = socket.socketpair()
-    server, server_far = socket.socketpair()
-    for sock in (client, server):
-        sock.setblocking(False)
-    pair = relay_hub._Pair(client, server, timeout=None, on_done=lambda result: None,
-                           label="", splice=True)
-    pipes = relay_hub._Pipes()
-    try:
+    with _bare_pair() as ends:
+        pair, pipes = ends.pair, ends.pipes
         filler = 0  # fill the way to the server first: it takes nothing more for now
         with contextlib.suppress(BlockingIOError):
             while True:
-                filler += server.send(b"x" * 4096)
+                filler += ends.server.send(b"x" * 4096)
         data = _pattern(16 * 1024, 5)
-        client_far.sendall(data)
+        ends.client_far.sendall(data)
         assert pair.quick
         assert pair.step(pipes, client_events=relay_hub._READ, server_events=0)
         assert pair.up.held == len(data) and pair.up.pipe is not None
-        assert pair.wanted(server) & relay_hub._WRITE  # the hub waits to write the rest
-        server_far.settimeout(DEADLINE)
-        assert _read_exactly(server_far, filler) == b"x" * filler
+        assert pair.wanted(ends.server) & relay_hub._WRITE  # the hub waits to write the rest
+        ends.server_far.settimeout(DEADLINE)
+        assert _read_exactly(ends.server_far, filler) == b"x" * filler
         assert pair.step(pipes, client_events=0, server_events=relay_hub._WRITE)
-        assert _read_exactly(server_far, len(data)) == data
+        assert _read_exactly(ends.server_far, len(data)) == data
         assert pair.up.moved == len(data) and not pair.up.held and pair.up.pipe is None
-    finally:
-        for sock in (client, client_far, server, server_far):
-            sock.close()
 
 
 @pytest.mark.skipif(not splice_available(), reason="os.splice needs Linux")
-def test_a_write_that_fails_on_the_quick_path_ends_the_pair() -> None:
-    client, client_far = socket.socketpair()
-    server, server_far = socket.socketpair()
-    for sock in (client, server):
-        sock.setblocking(False)
-    pair = relay_hub._Pair(client, server, timeout=None, on_done=lambda result: None,
-                           label="", splice=True)
-    pipes = relay_hub._Pipes()
-    try:
-        server_far.close()
-        client_far.sendall(b"a NOOP\r\n")
-        assert not pair.step(pipes, client_events=relay_hub._READ, server_events=0)
-        pair.up.release()
-        assert pair.up.pipe is None
-        client_far.close()
-        # And EOF from a side ends a pair with nothing held.
-        other, other_far = socket.socketpair()
-        other2, other2_far = socket.socketpair()
-        with other, other_far, other2, other2_far:
-            ended = relay_hub._Pair(other, other2, timeout=None, on_done=lambda r: None,
-                                    label="", splice=True)
-            other_far.close()
-            assert not ended.step(pipes, client_events=relay_hub._READ, server_events=0)
-    finally:
-        for sock in (client, server):
-            sock.close()
+def test_a_failed_write_or_an_end_of_input_on_the_quick_path_ends_the_pair() -> None:
+    with _bare_pair() as ends:
+        ends.server_far.close()
+        ends.client_far.sendall(b"a NOOP\r\n")
+        assert not ends.pair.step(ends.pipes, client_events=relay_hub._READ, server_events=0)
+    with _bare_pair() as ends:
+        ends.client_far.close()
+        assert not ends.pair.step(ends.pipes, client_events=relay_hub._READ, server_events=0)
+        assert ends.pair.ending and ends.pipes.free  # the pipe went back unused
 
 
 # ------------------------------------------------------------------ the poller
