@@ -64,8 +64,8 @@ _OUT_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 _SCAN_INTERVAL = 1.0
 # Empty pipes kept for the next transfer instead of being closed.
 _SPARE_PIPES = 64
-# epoll's mask for each combination of selectors' EVENT_READ (1) and EVENT_WRITE (2).
 _BOTH_READ = [_READ, _READ]  # a pair's masks while it only waits to read
+# epoll's mask for each combination of selectors' EVENT_READ (1) and EVENT_WRITE (2).
 _EPOLL_MASKS = (0, select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT)
 # The data of a parked registration (_Poller.park): its readiness is nobody's.
 _PARKED = object()
@@ -102,7 +102,6 @@ class _Poller:
         self._fds: dict[object, int] = {}
         self._objects: dict[int, tuple[object, object]] = {}
         self._parked: dict[object, int] = {}  # object → its epoll mask (see park)
-
 
     def register(self, obj: socket.socket, events: int, data: object) -> None:
         if obj in self._fds:
@@ -197,7 +196,7 @@ class _Pipes:
     """Pipes for splice, lent to a direction only while bytes sit in them."""
 
     def __init__(self) -> None:
-        self.free: list[Pipe] = []  # (Flow.through pops from it itself)
+        self.free: list[Pipe] = []
 
     def take(self) -> Pipe | None:
         if self.free:
@@ -343,8 +342,7 @@ class _Flow:
         ``fill`` way (it knows sockets the kernel cannot splice from)."""
         if not self.splice:  # the kernel refused to splice from src: copying now
             return self._fill_and_drain(pipes)
-        free = pipes.free
-        pipe = free.pop() if free else pipes.take()
+        pipe = pipes.take()
         if pipe is None:
             return self._fill_and_drain(pipes)
         try:
