@@ -84,13 +84,9 @@ def timestamp(when: float) -> str:
     return f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
 
 
+# This process's pid without a system call per line (daemonize and --workers fork).
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-
-
-def _pid() -> int:
-    """This process's pid without a system call per line (daemonize and --workers fork)."""
-    return _PID[0]
 
 
 class LineFormatter(logging.Formatter):

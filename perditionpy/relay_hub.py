@@ -167,29 +167,22 @@ class _Poller:
         while self._parked:
             self.unregister(next(iter(self._parked)))
 
-    @property
-    def objects(self) -> dict[int, tuple[object, object]]:
-        """Descriptor → (object, data) of what :meth:`poll` may report (data is
-        ``_PARKED`` for a parked registration)."""
-        return self._objects
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        """epoll's own ``(descriptor, mask)`` list; see :attr:`objects`."""
-        return self._epoll.poll(timeout)
-
     def select(self, timeout: float) -> list[tuple[object, object, int]]:
-        """``(obj, data, events)`` for each ready object, parked ones left out; a
-        hang-up or an error counts as both readable and writable (the next read
-        or write tells)."""
+        """``(obj, data, mask)`` for each ready object, parked ones left out;
+        ``mask`` is epoll's (see :func:`_events`)."""
         objects = self._objects
         ready = []
         for fd, mask in self._epoll.poll(timeout):
             entry = objects.get(fd)
             if entry is not None and entry[1] is not _PARKED:
-                events = ((_READ if mask & _IN_EVENTS else 0)
-                          | (_WRITE if mask & _OUT_EVENTS else 0))
-                ready.append((entry[0], entry[1], events))
+                ready.append((entry[0], entry[1], mask))
         return ready
+
+
+def _events(mask: int) -> int:
+    """An epoll mask as EVENT_READ/EVENT_WRITE; a hang-up or an error counts as
+    both (the next read or write tells)."""
+    return (_READ if mask & _IN_EVENTS else 0) | (_WRITE if mask & _OUT_EVENTS else 0)
 
 
 class _Pipes:
@@ -619,23 +612,14 @@ class RelayHub:
         wait = 0.0 if hot else max(0.0, moment - time.monotonic())
         ready: dict[_Pair, list[int]] = {}  # the pair → events seen on client, server
         woken: list[Task] = []
-        objects = self._sel.objects
-        # (_Poller.select, inlined: only a pair needs the events spelled out)
-        for fd, mask in self._sel.poll(wait):
-            entry = objects.get(fd)
-            if entry is None:
-                continue
-            fileobj, data = entry
+        for fileobj, data, mask in self._sel.select(wait):
             if type(data) is Task:
                 woken.append(data)
             elif type(data) is _Pair:
                 seen = ready.get(data)
                 if seen is None:
                     seen = ready[data] = [0, 0]
-                seen[fileobj is data.server] |= ((_READ if mask & _IN_EVENTS else 0)
-                                                 | (_WRITE if mask & _OUT_EVENTS else 0))
-            elif data is _PARKED:
-                continue
+                seen[fileobj is data.server] |= _events(mask)
             elif data is None:
                 try:
                     while reader.recv(4096):
