@@ -13,6 +13,7 @@ set -euo pipefail
 PACKAGES=(
     make                 # the Makefile itself (not part of Debian's gcc)
     python3-venv         # python3 -m venv on Debian
+    python3-dev          # Python.h: mysqlclient (pip) builds against Debian's python3
     ca-certificates      # pip talking to PyPI
     dovecot-imapd        # the real back-end: IMAP ...
     dovecot-pop3d        # ... POP3 ...
