@@ -45,7 +45,16 @@ from perditionpy.resolve import ConnectTargetError, ResolveError, Route
 from perditionpy.tls import TlsContexts, TlsError, TlsMode
 from perditionpy.tls import close as close_socket
 from perditionpy.usernames import UsernameError
-from perditionpy.waits import Blocking, Connect, Recv, SendAll, Sleep, Steps, run_blocking
+from perditionpy.waits import (
+    Blocking,
+    Connect,
+    Converse,
+    Recv,
+    SendAll,
+    Sleep,
+    Steps,
+    run_blocking,
+)
 
 __all__ = ["GreetingHosts", "Session", "SessionServices", "greeting_host"]
 
@@ -406,25 +415,28 @@ class Session:
 
     def _drive(self, login: Any, holder: list[socket.socket], route: Route,
                again: Any = None) -> Steps[LoginResult]:
+        event = login.next_event()
         while True:
-            event = login.next_event()
-            sock = holder[0]
             if type(event) is ToClient:
                 # Held for the reply that usually follows in the same read: the
                 # client then gets both in one segment (a lone untagged line
                 # and the OK as two small writes cost it a wake-up each).
                 self._for_client += event.data
+                event = login.next_event()
                 continue
             if self._for_client and not (type(event) is LoginResult
                                          and event.status is LoginStatus.OK):
                 yield from self._write(b"")
-            if event is NEED_DATA:
-                login.receive_data((yield Recv(sock, limits.MAX_LINE_LENGTH, self._timeout)))
-            elif isinstance(event, ToBackend):
-                yield SendAll(sock, event.data, self._timeout)
-            elif isinstance(event, StartTLS):
-                holder[0] = yield from self._server_tls(sock, route, "TLS", again)
+            if event is NEED_DATA or type(event) is ToBackend:
+                # The reads and writes up to the engine's next other event: the
+                # driver carries them (one wait, not one per line).
+                event = yield Converse(holder[0], login, event, limits.MAX_LINE_LENGTH,
+                                       self._timeout)
+                continue
+            if isinstance(event, StartTLS):
+                holder[0] = yield from self._server_tls(holder[0], route, "TLS", again)
                 self._server_secure = "starttls"
+                event = login.next_event()
             elif event.status is LoginStatus.PROTOCOL_ERROR:
                 raise _BackendFailed(f"unexpected reply from the server: {event.server_line!r}")
             else:

@@ -25,9 +25,11 @@ import ssl
 import time
 from typing import Any, Protocol
 
+from perditionpy.protocol.base import NEED_DATA, ToBackend
 from perditionpy.waits import (
     Blocking,
     Connect,
+    Converse,
     Recv,
     SendAll,
     Sleep,
@@ -130,12 +132,15 @@ class Task:
             if sock in self.plain or self._plain(sock):
                 if sock is self.spoke:
                     self.spoke = None
-                    self._block(loop, sock, _READ, wait.timeout)
+                    self._block(loop, sock, _READ, wait.timeout, True)
                     return False, None
                 return self._recv(loop, wait)
+        elif type(wait) is Converse:
+            if wait.sock in self.plain or self._plain(wait.sock):
+                return self._converse(loop, wait, True)
         elif type(wait) is SendAll:
             if wait.sock in self.plain or self._plain(wait.sock):
-                return self._send(loop, wait.data, wait)
+                return self._send(loop, wait.data, wait, True)
         elif type(wait) is Connect and address_family(wait.host) is not None:
             return self._connect(loop, wait)
         self._watch(loop, None, 0)
@@ -162,10 +167,13 @@ class Task:
         try:
             return True, wait.sock.recv(wait.size)
         except (BlockingIOError, InterruptedError):
-            self._block(loop, wait.sock, _READ, wait.timeout)
+            self._block(loop, wait.sock, _READ, wait.timeout, self.wait is None)
             return False, None
 
-    def _send(self, loop: Loop, data: bytes | memoryview, wait: SendAll) -> tuple[bool, Any]:
+    def _send(self, loop: Loop, data: bytes | memoryview, wait: SendAll | Converse,
+              fresh: bool) -> tuple[bool, Any]:
+        """Write ``data`` to ``wait.sock``; ``fresh``: a write just begun (its
+        deadline starts now), not one carried on after readiness."""
         sock = wait.sock
         try:
             sent = sock.send(data)
@@ -175,10 +183,36 @@ class Task:
                     data = data[sock.send(data):]
         except (BlockingIOError, InterruptedError):
             self.pending = memoryview(data)
-            self._block(loop, sock, _WRITE, wait.timeout)
+            self._block(loop, sock, _WRITE, wait.timeout, fresh)
             return False, None
         self.spoke = sock
         return True, None
+
+    def _converse(self, loop: Loop, wait: Converse, fresh: bool) -> tuple[bool, Any]:
+        """Carry ``wait``'s dialogue on from ``wait.event``: (True, the engine's
+        event for the session) or (False, None) with the loop told what to watch.
+        ``fresh``: the first read or write here is a new one (see ``_send``);
+        every one after it is."""
+        sock, engine, event = wait.sock, wait.engine, wait.event
+        while True:
+            if event is NEED_DATA:
+                if sock is self.spoke:  # an answer to what was just written: wait for it
+                    self.spoke = None
+                    self._block(loop, sock, _READ, wait.timeout, fresh)
+                    return False, None
+                try:
+                    data = sock.recv(wait.size)
+                except (BlockingIOError, InterruptedError):
+                    self._block(loop, sock, _READ, wait.timeout, fresh)
+                    return False, None
+                engine.receive_data(data)
+            elif type(event) is ToBackend:
+                if not self._send(loop, event.data, wait, fresh)[0]:
+                    return False, None
+            else:
+                return True, event
+            fresh = True
+            event = wait.event = engine.next_event()
 
     def _connect(self, loop: Loop, wait: Connect) -> tuple[bool, Any]:
         family = address_family(wait.host)
@@ -197,15 +231,17 @@ class Task:
             sock.close()
             raise OSError(code, os.strerror(code))
         self.pending = sock
-        self._block(loop, sock, _WRITE, wait.timeout)
+        self._block(loop, sock, _WRITE, wait.timeout, True)
         return False, None
 
     def _block(self, loop: Loop, sock: socket.socket, events: int,
-               timeout: float | None) -> None:
+               timeout: float | None, fresh: bool) -> None:
+        """Watch ``sock`` for ``events``; ``fresh``: a new read or write, whose
+        deadline starts now (not a retry after spurious readiness)."""
         if sock is not self.sock or events != self.events:
             loop.watch_socket(self, sock, events, self.sock)
             self.sock, self.events = sock, events
-        if timeout is not None and self.wait is None:  # not when readiness was spurious
+        if timeout is not None and fresh:
             deadline = self.deadline = time.monotonic() + timeout
             if self.alarm_at is None or deadline < self.alarm_at:  # (as _alarm, inlined)
                 self.alarm_at = deadline
@@ -235,10 +271,21 @@ class Task:
         try:
             if type(wait) is Recv:
                 ready, value = self._recv(loop, wait)
+            elif type(wait) is Converse:
+                pending = self.pending
+                if pending is None:  # the read it waits for
+                    ready, value = self._converse(loop, wait, False)
+                else:  # the rest of one of its writes
+                    assert isinstance(pending, memoryview)
+                    ready, value = self._send(loop, pending, wait, False)
+                    if ready:
+                        self.pending = None
+                        wait.event = wait.engine.next_event()
+                        ready, value = self._converse(loop, wait, True)
             elif type(wait) is SendAll:
                 pending = self.pending
                 assert isinstance(pending, memoryview)
-                ready, value = self._send(loop, pending, wait)
+                ready, value = self._send(loop, pending, wait, False)
             elif type(wait) is Connect:
                 ready, value = True, self._connected()
             else:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["Blocking", "Connect", "Recv", "SendAll", "Sleep", "Steps", "Wait",
-           "open_connection", "address_family", "run_blocking"]
+from perditionpy.protocol.base import NEED_DATA, ToBackend
+
+__all__ = ["Blocking", "Connect", "Converse", "Engine", "Recv", "SendAll", "Sleep", "Steps",
+           "Wait", "open_connection", "address_family", "run_blocking"]
 
 T = TypeVar("T")
 
@@ -52,6 +54,45 @@ class SendAll:
     def run(self) -> None:
         _set_timeout(self.sock, self.timeout)
         self.sock.sendall(self.data)
+
+
+class Engine(Protocol):
+    """A back-end login engine, as :class:`Converse` drives it (perditionpy.protocol)."""
+
+    def next_event(self) -> object: ...
+
+    def receive_data(self, data: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class Converse:
+    """A login engine's dialogue with its back-end, carried as far as the driver
+    can take it alone: from ``event`` (the engine's latest) on, each ``NEED_DATA``
+    is a read of ``sock`` (``size`` bytes at most, fed to the engine) and each
+    ``ToBackend`` a write of its bytes, each bounded by ``timeout`` as a
+    :class:`Recv` or :class:`SendAll` would be, in the same order; the engine's
+    first event of any other kind is the result.  One wait, and one resumption
+    of the session, instead of one per line of the dialogue.  ``event`` follows
+    the dialogue (the driver's place in it)."""
+
+    sock: socket.socket
+    engine: Engine
+    event: object
+    size: int
+    timeout: float | None
+
+    def run(self) -> object:
+        sock, engine, event = self.sock, self.engine, self.event
+        while True:
+            if event is NEED_DATA:
+                _set_timeout(sock, self.timeout)
+                engine.receive_data(sock.recv(self.size))
+            elif type(event) is ToBackend:
+                _set_timeout(sock, self.timeout)
+                sock.sendall(event.data)
+            else:
+                return event
+            event = self.event = engine.next_event()
 
 
 @dataclass(slots=True)
@@ -94,7 +135,7 @@ class Sleep:
         self.sleep(self.seconds)
 
 
-Wait = Recv | SendAll | Connect | Blocking | Sleep
+Wait = Recv | SendAll | Converse | Connect | Blocking | Sleep
 Steps = Generator[Wait, Any, T]
 
 

@@ -4,13 +4,17 @@ session however many waits it goes through, deadlines, pauses, the end."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from perditionpy import task as task_module
+from perditionpy.protocol import imap4
+from perditionpy.protocol.base import LoginResult, LoginStatus, ToClient
 from perditionpy.task import Task
-from perditionpy.waits import Recv, Sleep, Steps
+from perditionpy.waits import Converse, Recv, Sleep, Steps, run_blocking
 
 
 class RecordingLoop:
@@ -122,3 +126,156 @@ def test_a_blocking_socket_is_made_non_blocking_once_and_read_by_the_loop() -> N
         task.ready(loop)
         assert seen == [b"one"] and task.plain == {near}
         assert loop.watching == (near, 1) and not task.done  # the second read waits
+
+
+# -- a back-end login dialogue as one wait (waits.Converse)
+
+# What a Dovecot-like back-end answers to each line Imap4BackendLogin writes
+# after the greeting, in order; the last answer ends the login.
+_DIALOGUE = [
+    (b"flim07 CAPABILITY\r\n", b"* CAPABILITY IMAP4rev1 LITERAL+\r\nflim07 OK done\r\n"),
+    (b"flim08 LOGIN {3}\r\n", b"+ OK\r\n"),
+    (b"bob {6}\r\n", b"+ OK\r\n"),
+    (b"secret\r\n", b"flim08 OK Logged in\r\n"),
+]
+
+
+def _login_engine() -> imap4.Imap4BackendLogin:
+    return imap4.Imap4BackendLogin("bob", "secret", our_greeting=b"perditionpy ready")
+
+
+def _converse(sock: socket.socket, engine: imap4.Imap4BackendLogin, timeout: float,
+              seen: list[object]) -> Steps[None]:
+    try:
+        seen.append((yield Converse(sock, engine, engine.next_event(), 4096, timeout)))
+    except TimeoutError:
+        seen.append("timeout")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_back_end_dialogue_is_one_wait_and_one_resumption(
+        pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop reads and writes each line of the login itself, in the order
+    the engine asks; the session is resumed once, with the engine's result.
+    Each read or write gets the whole timeout from when it starts."""
+    near, far = pair
+    clock = _Clock()
+    monkeypatch.setattr(task_module, "time", clock)
+    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+    resumed = 0
+
+    def counted(steps: Steps[None]) -> Steps[None]:
+        nonlocal resumed
+        value = None
+        while True:
+            resumed += 1
+            try:
+                wait = steps.send(value)
+            except StopIteration:
+                return
+            value = yield wait
+
+    task = Task(counted(_converse(near, _login_engine(), 10.0, seen)), near)
+    task.resume(loop)
+    assert loop.watching == (near, 1) and task.deadline == 1010.0  # waits for the greeting
+    far.sendall(b"* OK Dovecot ready.\r\n")
+    for asked, answer in _DIALOGUE:
+        clock.now += 1.0
+        task.ready(loop)
+        assert far.recv(100) == asked
+        assert task.deadline == clock.now + 10.0  # a new read: a new deadline
+        clock.now += 1.0
+        task.ready(loop)  # readiness with nothing to read yet: the same deadline
+        assert task.deadline == clock.now - 1.0 + 10.0 and seen == []
+        far.sendall(answer)
+    task.ready(loop)
+    assert len(seen) == 1 and isinstance(seen[0], LoginResult)
+    assert seen[0].status is LoginStatus.OK and task.done
+    assert resumed == 2  # started, then resumed with the result
+
+
+def test_a_back_end_that_stops_answering_times_the_dialogue_out(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    near, far = pair
+    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+    task = Task(_converse(near, _login_engine(), 10.0, seen), near)
+    task.resume(loop)
+    far.sendall(b"* OK Dovecot ready.\r\n")
+    task.ready(loop)
+    assert far.recv(100) == _DIALOGUE[0][0] and seen == []
+    assert task.deadline is not None
+    task.alarm(loop, loop.alarms[0])  # rings early: set again for the read's deadline
+    task.alarm(loop, loop.alarms[-1])
+    assert seen == ["timeout"] and task.done
+
+
+def test_a_dialogue_run_blocking_says_and_gets_the_same(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """On a worker (a TLS socket, or run_blocking) the same wait is blocking calls."""
+    near, far = pair
+    near.setblocking(True)
+    heard: list[bytes] = []
+
+    def back_end() -> None:
+        far.sendall(b"* OK Dovecot ready.\r\n")
+        for _asked, answer in _DIALOGUE:
+            heard.append(far.recv(100))
+            far.sendall(answer)
+
+    server = threading.Thread(target=back_end)
+    server.start()
+    seen: list[object] = []
+    run_blocking(_converse(near, _login_engine(), 10.0, seen))
+    server.join(10)
+    assert heard == [asked for asked, _ in _DIALOGUE]
+    assert len(seen) == 1 and isinstance(seen[0], LoginResult)
+    assert seen[0].status is LoginStatus.OK
+
+
+def test_a_line_for_the_client_ends_the_wait(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Anything but a read or a write goes back to the session: here an untagged
+    line the engine passes on to the client."""
+    near, far = pair
+    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+    task = Task(_converse(near, _login_engine(), 10.0, seen), near)
+    task.resume(loop)
+    far.sendall(b"* OK Dovecot ready.\r\n")
+    task.ready(loop)
+    far.recv(100)
+    far.sendall(b"* BYE going down\r\n")
+    task.ready(loop)
+    assert seen == [ToClient(b"* BYE going down\r\n")]
+
+
+def test_a_write_the_back_end_cannot_take_at_once_is_finished_on_readiness(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    near, far = pair
+    password = "p" * 2_000_000  # more than the socket pair's buffers hold
+    engine = imap4.Imap4BackendLogin("bob", password, our_greeting=b"perditionpy ready")
+    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+    task = Task(_converse(near, engine, 10.0, seen), near)
+    task.resume(loop)
+    far.sendall(b"* OK Dovecot ready.\r\n")
+    for answer in (_DIALOGUE[0][1], b"+ OK\r\n", b"+ OK\r\n"):
+        task.ready(loop)
+        far.recv(100)
+        far.sendall(answer)
+    task.ready(loop)  # the password: more than fits
+    assert loop.watching == (near, 2) and isinstance(task.pending, memoryview)
+    received = b""
+    while not received.endswith(b"\r\n"):
+        chunk = far.recv(1 << 20)
+        received += chunk
+        task.ready(loop)
+    assert received == password.encode() + b"\r\n"
+    assert loop.watching == (near, 1) and task.pending is None  # now waits for the answer
+    far.sendall(b"flim08 OK Logged in\r\n")
+    task.ready(loop)
+    assert len(seen) == 1 and seen[0].status is LoginStatus.OK  # type: ignore[attr-defined]
