@@ -96,6 +96,7 @@ class LineFormatter(logging.Formatter):
         super().__init__()
         self.ident = ident
         self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+        self._prefix: tuple[int, str] = (-1, "")  # a pid, and `` <ident>[<pid>]: ``
 
     def _timestamp(self, when: float) -> str:
         second, text = self._second  # one tuple: read and replaced atomically
@@ -119,7 +120,13 @@ class LineFormatter(logging.Formatter):
         second, stamp = self._second  # (as _timestamp, inlined: a line per login)
         if int(created) != second:
             stamp = self._timestamp(created)
-        return f"{stamp} {self.ident}[{_PID[0] if pid is None else pid}]: {text}"
+        if pid is None:
+            pid = _PID[0]
+        known, prefix = self._prefix  # (a pid written out is dearer than a tuple read)
+        if pid != known:
+            prefix = f" {self.ident}[{pid}]: "
+            self._prefix = (pid, prefix)
+        return stamp + prefix + text
 
 
 class _FormatOutsideLock(logging.Handler):

@@ -65,6 +65,10 @@ _SCAN_INTERVAL = 1.0
 # Empty pipes kept for the next transfer instead of being closed.
 _SPARE_PIPES = 64
 _BOTH_READ = [_READ, _READ]  # a pair's masks while it only waits to read
+# _Pair.step's answers for a pair that goes on: look at its registrations, or
+# leave them as they are.
+_GOING = 1
+_AS_REGISTERED = 2
 # epoll's mask for each combination of selectors' EVENT_READ (1) and EVENT_WRITE (2).
 _EPOLL_MASKS = (0, select.EPOLLIN, select.EPOLLOUT, select.EPOLLIN | select.EPOLLOUT)
 # The data of a parked registration (_Poller.park): its readiness is nobody's.
@@ -380,7 +384,7 @@ class _Pair:
     """A client and its back-end, relayed until either side ends."""
 
     __slots__ = ("client", "server", "up", "down", "timeout", "on_done", "label", "last",
-                 "ending", "masks", "tls", "quick")
+                 "ending", "masks", "tls", "quick", "settled")
 
     def __init__(self, client: socket.socket, server: socket.socket, *,
                  timeout: float | None, on_done: OnDone, label: str, splice: bool) -> None:
@@ -393,9 +397,14 @@ class _Pair:
         self.masks = [0, 0]  # events registered for client, server
         self.tls = _is_tls(client) or _is_tls(server)
         self.quick = splice and not self.tls  # see step
+        # Registered to read on both sides, with nothing held: a quick step that
+        # leaves nothing held changes no registration (see RelayHub._register).
+        self.settled = False
 
-    def step(self, pipes: _Pipes, client_events: int = _ALL, server_events: int = _ALL) -> bool:
-        """Move what can move without blocking; False when the pair is over.
+    def step(self, pipes: _Pipes, client_events: int = _ALL, server_events: int = _ALL) -> int:
+        """Move what can move without blocking: 0 when the pair is over, else
+        :data:`_GOING`, or :data:`_AS_REGISTERED` when what the pair waits for
+        is what it is registered for already.
 
         ``client_events``/``server_events``: the readiness seen on each side
         (both in full for a new TLS pair, or one with bytes inside OpenSSL;
@@ -421,7 +430,9 @@ class _Pair:
             if up.active or down.active:
                 up.active = down.active = False
                 self.last = time.monotonic()
-            return not (self.ending and not up.held and not down.held)
+            if self.settled and not (self.ending or up.held or down.held):
+                return _AS_REGISTERED
+            return 0 if self.ending and not up.held and not down.held else _GOING
         # (Nothing held: there is room, without asking.)
         if not self.ending and client_events & up.read_on and (not up.held or up.room() > 0) \
                 and not up.fill(pipes):
@@ -436,7 +447,7 @@ class _Pair:
         if up.active or down.active:
             up.active = down.active = False
             self.last = time.monotonic()
-        return not (self.ending and not up.held and not down.held)
+        return 0 if self.ending and not up.held and not down.held else _GOING
 
     def wanted(self, sock: socket.socket) -> int:
         events = 0
@@ -778,7 +789,7 @@ class RelayHub:
     def _step(self, pair: _Pair, client_events: int = _ALL, server_events: int = _ALL) -> None:
         try:
             going = pair.step(self._pipes, client_events, server_events)
-            if going:
+            if going == _GOING:
                 self._register(pair)
         except Exception:  # a bug must cost one pair, never the relay thread
             log.exception("Fatal error relaying%s", pair.label)
@@ -803,6 +814,7 @@ class RelayHub:
             else:
                 self._sel.register(sock, events, pair)
             pair.masks[side] = events
+        pair.settled = pair.masks == _BOTH_READ and not (up.held or down.held or pair.ending)
 
     def _end_idle(self) -> None:
         now = time.monotonic()
@@ -823,10 +835,10 @@ class RelayHub:
             close_socket(sock)
         for flow in (pair.up, pair.down):
             flow.release()
-        path = "splice" if pair.up.splice else "copy"
-        log.debug("relay: %s%s spliced=%d copied=%d", path, pair.label,
-                  pair.up.spliced + pair.down.spliced,
-                  pair.up.moved + pair.down.moved - pair.up.spliced - pair.down.spliced)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("relay: %s%s spliced=%d copied=%d", "splice" if pair.up.splice else "copy",
+                      pair.label, pair.up.spliced + pair.down.spliced,
+                      pair.up.moved + pair.down.moved - pair.up.spliced - pair.down.spliced)
         try:
             pair.on_done(pair.result(timed_out))
         except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import time
@@ -59,6 +60,16 @@ def test_line_format_matches_vanessa_logger() -> None:
     line = formatter.format(_record("Connect:  %s", "127.0.0.1:1->127.0.0.1:2",
                                     created=when, pid=9021))
     assert line == "Nov 24 14:37:11 perdition[9021]: Connect:  127.0.0.1:1->127.0.0.1:2"
+
+
+def test_each_line_carries_its_own_writers_pid() -> None:
+    """The ``ident[pid]: `` part is remembered between lines, for one pid only."""
+    formatter = log.LineFormatter("perdition")
+    when = _local(2024, 11, 24, 14, 37, 11)
+    lines = [formatter.format(_record("x", created=when, pid=pid)) for pid in (7, 7, 812, 7)]
+    assert [line.split(" ", 3)[3] for line in lines] == [
+        "perdition[7]: x", "perdition[7]: x", "perdition[812]: x", "perdition[7]: x"]
+    assert formatter.line("y", when) == f"Nov 24 14:37:11 perdition[{os.getpid()}]: y"
 
 
 def test_single_digit_day_is_space_padded_like_strftime_e() -> None:

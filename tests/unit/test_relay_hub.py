@@ -260,6 +260,25 @@ def test_a_step_reads_only_the_side_that_showed_readiness(splice: bool) -> None:
         assert (pair.up.moved, pair.down.moved) == (8, 6)
 
 
+@pytest.mark.skipif(not splice_available(), reason="os.splice needs Linux")
+def test_a_settled_pair_keeps_its_registrations_through_quick_steps() -> None:
+    """Once both sides are registered to read with nothing held, a quick step
+    that leaves nothing held says so, and the hub touches no registration."""
+    with _bare_pair() as ends:
+        pair, pipes = ends.pair, ends.pipes
+        assert pair.step(pipes, 0, 0) == relay_hub._GOING  # new: the hub registers it
+        hub = relay_hub.RelayHub()
+        hub._sel = relay_hub._Poller()
+        hub._register(pair)
+        assert pair.masks == [relay_hub._READ, relay_hub._READ] and pair.settled
+        ends.client_far.sendall(b"a NOOP\r\n")
+        assert pair.step(pipes, relay_hub._READ, 0) == relay_hub._AS_REGISTERED
+        assert _read_exactly(ends.server_far, 8) == b"a NOOP\r\n"
+        ends.server_far.close()  # an end: the hub must look again
+        assert pair.step(pipes, 0, relay_hub._READ) == 0
+        hub._sel._epoll.close()
+
+
 @contextlib.contextmanager
 def _bare_pair(*, splice: bool = True) -> Iterator[SimpleNamespace]:
     """A _Pair over two socketpairs, stepped by the test itself: ``pair``,
