@@ -653,7 +653,7 @@ class RelayHub:
                 if pair.tls:  # OpenSSL may hold decrypted bytes no readiness will show
                     ready[pair] = [_ALL, _ALL]
                 else:  # the kernel will say when either side has something
-                    self._step(pair, 0, 0)
+                    self._start_plain(pair)
         pairs = self._pairs
         for pair, (client_events, server_events) in ready.items():
             if pair in pairs:
@@ -796,6 +796,22 @@ class RelayHub:
             going = False
         if not going:
             self._end(pair, timed_out=False)
+
+    def _start_plain(self, pair: _Pair) -> None:
+        """Register a new pair without TLS: nothing is read yet, so each side
+        waits to read (what :meth:`_step` with no events and then
+        :meth:`_register` would work out); a back-end socket its session
+        left parked keeps its registration."""
+        assert self._sel is not None
+        try:
+            for side, sock in enumerate((pair.client, pair.server)):
+                self._sel.register(sock, _READ, pair)
+                pair.masks[side] = _READ
+        except Exception:  # a socket that died meanwhile costs its pair only
+            log.exception("Fatal error relaying%s", pair.label)
+            self._end(pair, timed_out=False)
+            return
+        pair.settled = True
 
     def _register(self, pair: _Pair) -> None:
         assert self._sel is not None

@@ -279,6 +279,25 @@ def test_a_settled_pair_keeps_its_registrations_through_quick_steps() -> None:
         hub._sel._epoll.close()
 
 
+def test_a_new_plain_pair_reads_both_sides_and_keeps_the_parked_back_end_registration() -> None:
+    with _bare_pair() as ends:
+        hub = relay_hub.RelayHub()
+        hub._sel = poller = relay_hub._Poller()
+        try:
+            poller.register(ends.server, relay_hub._READ, "the session's task")
+            poller.park(ends.server, relay_hub._READ)  # as the task ending leaves it
+            hub._pairs.add(ends.pair)
+            hub._start_plain(ends.pair)
+            assert ends.pair.masks == [relay_hub._READ, relay_hub._READ] and ends.pair.settled
+            assert not poller._parked  # adopted: settle() will not drop it
+            ends.server_far.sendall(b"* OK\r\n")
+            ends.client_far.sendall(b"a NOOP\r\n")
+            ready = {obj: data for obj, data, _ in poller.select(DEADLINE)}
+            assert ready == {ends.client: ends.pair, ends.server: ends.pair}
+        finally:
+            poller._epoll.close()
+
+
 @contextlib.contextmanager
 def _bare_pair(*, splice: bool = True) -> Iterator[SimpleNamespace]:
     """A _Pair over two socketpairs, stepped by the test itself: ``pair``,
