@@ -622,10 +622,10 @@ class RelayHub:
         moment = min(next_scan, self._timers[0][0]) if self._timers else next_scan
         wait = 0.0 if hot else max(0.0, moment - time.monotonic())
         ready: dict[_Pair, list[int]] = {}  # the pair → events seen on client, server
-        woken: list[Task] = []
+        woken: list[tuple[Task, int]] = []  # with epoll's events for its socket
         for fileobj, data, mask in self._sel.select(wait):
             if type(data) is Task:
-                woken.append(data)
+                woken.append((data, mask))
             elif type(data) is _Pair:
                 seen = ready.get(data)
                 if seen is None:
@@ -642,9 +642,9 @@ class RelayHub:
                     self._drop_listeners()
         if self._listen_request is not None or self._listen_applied is not None:
             self._apply_listen_request()
-        for task in woken:
+        for task, mask in woken:
             if not task.done:
-                task.ready(self)
+                task.ready(self, mask)
         self._run_tasks()
         for pair in hot:
             ready[pair] = [_ALL, _ALL]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import selectors
 import socket
 import ssl
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
+# In epoll's answer for a connecting socket: the connect failed (SO_ERROR says why).
+_CONNECT_FAILED = select.EPOLLERR | select.EPOLLHUP
 
 
 class Loop(Protocol):
@@ -265,8 +268,9 @@ class Task:
 
     # -- called by the loop
 
-    def ready(self, loop: Loop) -> None:
-        """The watched socket is ready: carry the wait on."""
+    def ready(self, loop: Loop, mask: int = 0) -> None:
+        """The watched socket is ready: carry the wait on.  ``mask``: epoll's
+        events for it, if the loop knows them (0: it does not)."""
         wait = self.wait
         try:
             if type(wait) is Recv:
@@ -287,7 +291,7 @@ class Task:
                 assert isinstance(pending, memoryview)
                 ready, value = self._send(loop, pending, wait, False)
             elif type(wait) is Connect:
-                ready, value = True, self._connected()
+                ready, value = True, self._connected(mask)
             else:
                 return  # readiness for a wait that is over: nothing to do
         except Exception as exc:
@@ -296,10 +300,14 @@ class Task:
         if ready:
             self.resume(loop, value)
 
-    def _connected(self) -> socket.socket:
+    def _connected(self, mask: int) -> socket.socket:
+        """The connect in progress is over: its socket, or the error it ended in.
+        Writable without an error or a hang-up in ``mask`` means connected (no
+        system call to ask)."""
         sock = self.pending
         assert isinstance(sock, socket.socket)
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        code = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if not mask & select.EPOLLOUT or mask & _CONNECT_FAILED else 0)
         if code:
             sock.close()
             raise OSError(code, os.strerror(code))

@@ -3,6 +3,8 @@ session however many waits it goes through, deadlines, pauses, the end."""
 
 from __future__ import annotations
 
+import errno
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from perditionpy import task as task_module
 from perditionpy.protocol import imap4
 from perditionpy.protocol.base import LoginResult, LoginStatus, ToClient
 from perditionpy.task import Task
-from perditionpy.waits import Converse, Recv, Sleep, Steps, run_blocking
+from perditionpy.waits import Connect, Converse, Recv, Sleep, Steps, run_blocking
 
 
 class RecordingLoop:
@@ -279,3 +281,54 @@ def test_a_write_the_back_end_cannot_take_at_once_is_finished_on_readiness(
     far.sendall(b"flim08 OK Logged in\r\n")
     task.ready(loop)
     assert len(seen) == 1 and seen[0].status is LoginStatus.OK  # type: ignore[attr-defined]
+
+
+# -- connects: epoll's answer says whether it worked
+
+def _connects(host: str, port: int, seen: list[object]) -> Steps[None]:
+    try:
+        seen.append((yield Connect(host, port, 10.0)))
+    except OSError as exc:
+        seen.append(exc.errno)
+
+
+def _epoll_answer(sock: socket.socket) -> int:
+    """What the relay hub's epoll says of ``sock`` once it is writable or failed."""
+    poller = select.epoll()
+    try:
+        poller.register(sock.fileno(), select.EPOLLOUT)
+        (_, mask), = poller.poll(10.0)
+        return mask
+    finally:
+        poller.close()
+
+
+def test_a_connect_epoll_reports_writable_is_taken_as_made() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+        task = Task(_connects("127.0.0.1", listener.getsockname()[1], seen), client)
+        task.resume(loop)
+        connecting = task.pending
+        assert isinstance(connecting, socket.socket) and loop.watching == (connecting, 2)
+        mask = _epoll_answer(connecting)
+        assert mask == select.EPOLLOUT
+        task.ready(loop, mask)
+        assert seen == [connecting] and task.done
+        accepted, peer = listener.accept()
+        with accepted, connecting:
+            assert peer == connecting.getsockname()
+
+
+def test_a_refused_connect_is_the_error_the_socket_holds() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        port = listener.getsockname()[1]
+    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+    task = Task(_connects("127.0.0.1", port, seen), client)  # nobody listens there now
+    task.resume(loop)
+    if not seen:  # (refused later, as usual, rather than at once)
+        connecting = task.pending
+        assert isinstance(connecting, socket.socket)
+        mask = _epoll_answer(connecting)
+        assert mask & select.EPOLLERR
+        task.ready(loop, mask)
+    assert seen == [errno.ECONNREFUSED] and task.done
