@@ -144,8 +144,10 @@ class Task:
         elif type(wait) is SendAll:
             if wait.sock in self.plain or self._plain(wait.sock):
                 return self._send(loop, wait.data, wait, True)
-        elif type(wait) is Connect and address_family(wait.host) is not None:
-            return self._connect(loop, wait)
+        elif type(wait) is Connect:
+            family = address_family(wait.host)
+            if family is not None:  # an address: connected from here, not a worker
+                return self._connect(loop, wait, family)
         self._watch(loop, None, 0)
         if type(wait) is Sleep:
             self._alarm(loop, time.monotonic() + wait.seconds)
@@ -217,9 +219,7 @@ class Task:
             fresh = True
             event = wait.event = engine.next_event()
 
-    def _connect(self, loop: Loop, wait: Connect) -> tuple[bool, Any]:
-        family = address_family(wait.host)
-        assert family is not None
+    def _connect(self, loop: Loop, wait: Connect, family: int) -> tuple[bool, Any]:
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
             code = sock.connect_ex((wait.host, wait.port))
