@@ -233,7 +233,7 @@ class Plan:
     perditionpy_workers: int = 1
     tls: bool = True      # the relay over TLS towards the client, too
     perditionpy_idle_workers: int = 2  # the idle sets' own instance
-    rounds: int = 2       # login runs per figure, targets in turn; the median is reported
+    rounds: int = 3       # login runs per figure, targets in turn; the median is reported
 
 
 def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results,
@@ -296,7 +296,7 @@ _MEDIAN_KEYS = ("logins_per_s", "p50_ms", "p99_ms", "loadgen_cpu_share")
 
 def median_run(runs: Sequence[dict[str, object]]) -> dict[str, object]:
     """One logins result from several runs of the same measurement: the median of
-    each figure (a mean of two), each run's logins/s kept under ``runs``."""
+    each figure (with two runs: their mean), each run's logins/s kept under ``runs``."""
     combined = dict(runs[0])
     for key in _MEDIAN_KEYS:
         values = [float(run[key]) for run in runs if run.get(key) is not None]  # type: ignore[arg-type]
@@ -476,9 +476,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0,
                         help="seconds per logins measurement (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=_positive, default=2,
+    parser.add_argument("--rounds", type=_positive, default=3,
                         help="login runs per figure, the targets taken in turn; the median "
-                             "is reported (default 2)")
+                             "is reported (default 3)")
     parser.add_argument("--relay-repeat", type=int, default=7,
                         help="20 MiB fetches per relay figure; the median is reported")
     parser.add_argument("--idle", default="1000,10000",

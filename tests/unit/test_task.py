@@ -203,15 +203,21 @@ def test_a_back_end_dialogue_is_one_wait_and_one_resumption(
     assert resumed == 2  # started, then resumed with the result
 
 
-def test_a_back_end_that_stops_answering_times_the_dialogue_out(
-        pair: tuple[socket.socket, socket.socket]) -> None:
-    near, far = pair
+def _asked_for_capability(near: socket.socket, far: socket.socket
+                          ) -> tuple[RecordingLoop, Task, list[object]]:
+    """A dialogue driven by a task up to the CAPABILITY the back-end got."""
     loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
     task = Task(_converse(near, _login_engine(), 10.0, seen), near)
     task.resume(loop)
     far.sendall(b"* OK Dovecot ready.\r\n")
     task.ready(loop)
     assert far.recv(100) == _DIALOGUE[0][0] and seen == []
+    return loop, task, seen
+
+
+def test_a_back_end_that_stops_answering_times_the_dialogue_out(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    loop, task, seen = _asked_for_capability(*pair)
     assert task.deadline is not None
     task.alarm(loop, loop.alarms[0])  # rings early: set again for the read's deadline
     task.alarm(loop, loop.alarms[-1])
@@ -244,14 +250,8 @@ def test_a_dialogue_run_blocking_says_and_gets_the_same(
 def test_a_line_for_the_client_ends_the_wait(pair: tuple[socket.socket, socket.socket]) -> None:
     """Anything but a read or a write goes back to the session: here an untagged
     line the engine passes on to the client."""
-    near, far = pair
-    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
-    task = Task(_converse(near, _login_engine(), 10.0, seen), near)
-    task.resume(loop)
-    far.sendall(b"* OK Dovecot ready.\r\n")
-    task.ready(loop)
-    far.recv(100)
-    far.sendall(b"* BYE going down\r\n")
+    loop, task, seen = _asked_for_capability(*pair)
+    pair[1].sendall(b"* BYE going down\r\n")
     task.ready(loop)
     assert seen == [ToClient(b"* BYE going down\r\n")]
 
