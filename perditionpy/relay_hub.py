@@ -384,7 +384,7 @@ class _Pair:
     """A client and its back-end, relayed until either side ends."""
 
     __slots__ = ("client", "server", "up", "down", "timeout", "on_done", "label", "last",
-                 "ending", "masks", "tls", "quick", "settled")
+                 "ending", "masks", "tls", "quick")
 
     def __init__(self, client: socket.socket, server: socket.socket, *,
                  timeout: float | None, on_done: OnDone, label: str, splice: bool) -> None:
@@ -397,9 +397,6 @@ class _Pair:
         self.masks = [0, 0]  # events registered for client, server
         self.tls = _is_tls(client) or _is_tls(server)
         self.quick = splice and not self.tls  # see step
-        # Registered to read on both sides, with nothing held: a quick step that
-        # leaves nothing held changes no registration (see RelayHub._register).
-        self.settled = False
 
     def step(self, pipes: _Pipes, client_events: int = _ALL, server_events: int = _ALL) -> int:
         """Move what can move without blocking: 0 when the pair is over, else
@@ -419,31 +416,31 @@ class _Pair:
                 done = up.through(pipes)
                 if done <= 0:
                     if done < 0:
-                        return False
+                        return 0
                     self.ending = True
             if server_events & _READ and not self.ending:
                 done = down.through(pipes)
                 if done <= 0:
                     if done < 0:
-                        return False
+                        return 0
                     self.ending = True
             if up.active or down.active:
                 up.active = down.active = False
                 self.last = time.monotonic()
-            if self.settled and not (self.ending or up.held or down.held):
-                return _AS_REGISTERED
+            if not (self.ending or up.held or down.held) and self.masks == _BOTH_READ:
+                return _AS_REGISTERED  # (what RelayHub._register would find)
             return 0 if self.ending and not up.held and not down.held else _GOING
         # (Nothing held: there is room, without asking.)
         if not self.ending and client_events & up.read_on and (not up.held or up.room() > 0) \
                 and not up.fill(pipes):
             self.ending = True
         if up.held and not up.drain(pipes):
-            return False
+            return 0
         if not self.ending and server_events & down.read_on \
                 and (not down.held or down.room() > 0) and not down.fill(pipes):
             self.ending = True
         if down.held and not down.drain(pipes):
-            return False
+            return 0
         if up.active or down.active:
             up.active = down.active = False
             self.last = time.monotonic()
@@ -811,7 +808,6 @@ class RelayHub:
             log.exception("Fatal error relaying%s", pair.label)
             self._end(pair, timed_out=False)
             return
-        pair.settled = True
 
     def _register(self, pair: _Pair) -> None:
         assert self._sel is not None
@@ -830,7 +826,6 @@ class RelayHub:
             else:
                 self._sel.register(sock, events, pair)
             pair.masks[side] = events
-        pair.settled = pair.masks == _BOTH_READ and not (up.held or down.held or pair.ending)
 
     def _end_idle(self) -> None:
         now = time.monotonic()

@@ -261,7 +261,7 @@ def test_a_step_reads_only_the_side_that_showed_readiness(splice: bool) -> None:
 
 
 @pytest.mark.skipif(not splice_available(), reason="os.splice needs Linux")
-def test_a_settled_pair_keeps_its_registrations_through_quick_steps() -> None:
+def test_a_pair_reading_both_sides_keeps_its_registrations_through_quick_steps() -> None:
     """Once both sides are registered to read with nothing held, a quick step
     that leaves nothing held says so, and the hub touches no registration."""
     with _bare_pair() as ends:
@@ -270,7 +270,7 @@ def test_a_settled_pair_keeps_its_registrations_through_quick_steps() -> None:
         hub = relay_hub.RelayHub()
         hub._sel = relay_hub._Poller()
         hub._register(pair)
-        assert pair.masks == [relay_hub._READ, relay_hub._READ] and pair.settled
+        assert pair.masks == [relay_hub._READ, relay_hub._READ]
         ends.client_far.sendall(b"a NOOP\r\n")
         assert pair.step(pipes, relay_hub._READ, 0) == relay_hub._AS_REGISTERED
         assert _read_exactly(ends.server_far, 8) == b"a NOOP\r\n"
@@ -288,7 +288,7 @@ def test_a_new_plain_pair_reads_both_sides_and_keeps_the_parked_back_end_registr
             poller.park(ends.server, relay_hub._READ)  # as the task ending leaves it
             hub._pairs.add(ends.pair)
             hub._start_plain(ends.pair)
-            assert ends.pair.masks == [relay_hub._READ, relay_hub._READ] and ends.pair.settled
+            assert ends.pair.masks == [relay_hub._READ, relay_hub._READ]
             assert not poller._parked  # adopted: settle() will not drop it
             ends.server_far.sendall(b"* OK\r\n")
             ends.client_far.sendall(b"a NOOP\r\n")
