@@ -338,7 +338,8 @@ class Session:
 
     def _connect(self, route: Route) -> Steps[socket.socket | None]:
         try:
-            sock: socket.socket = yield Connect(route.server, route.port, self._timeout)
+            sock: socket.socket = yield Connect(route.server, route.port, self._timeout,
+                                                greeted=not self._mode.ssl_outgoing)
         except OSError as exc:
             log.debug("connect to %s:%s failed: %s", route.server, route.port, exc)
             return None

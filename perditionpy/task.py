@@ -47,8 +47,19 @@ log = logging.getLogger(__name__)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _IN_PROGRESS = frozenset({errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK})
-# In epoll's answer for a connecting socket: the connect failed (SO_ERROR says why).
+# In epoll's answer for a connecting socket: the connect failed (SO_ERROR says why),
+# or, with neither of those, it is made (writable, or the server's first bytes came).
 _CONNECT_FAILED = select.EPOLLERR | select.EPOLLHUP
+_CONNECT_MADE = select.EPOLLOUT | select.EPOLLIN
+
+
+def _made(sock: socket.socket) -> bool:
+    """Whether a non-blocking connect has been made (not failed, not in progress)."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 class Loop(Protocol):
@@ -234,7 +245,7 @@ class Task:
             sock.close()
             raise OSError(code, os.strerror(code))
         self.pending = sock
-        self._block(loop, sock, _WRITE, wait.timeout, True)
+        self._block(loop, sock, _READ if wait.greeted else _WRITE, wait.timeout, True)
         return False, None
 
     def _block(self, loop: Loop, sock: socket.socket, events: int,
@@ -302,16 +313,17 @@ class Task:
 
     def _connected(self, mask: int) -> socket.socket:
         """The connect in progress is over: its socket, or the error it ended in.
-        Writable without an error or a hang-up in ``mask`` means connected (no
-        system call to ask)."""
+        Writable or readable (greeted) without an error or a hang-up in ``mask``
+        means connected (no system call to ask)."""
         sock = self.pending
         assert isinstance(sock, socket.socket)
         code = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if not mask & select.EPOLLOUT or mask & _CONNECT_FAILED else 0)
+                if not mask & _CONNECT_MADE or mask & _CONNECT_FAILED else 0)
         if code:
             sock.close()
             raise OSError(code, os.strerror(code))
-        self.spoke = sock  # its greeting is rarely there yet
+        # Writable: its greeting is rarely there yet.  Readable: it is.
+        self.spoke = None if mask & select.EPOLLIN else sock
         return sock
 
     def alarm(self, loop: Loop, when: float) -> None:
@@ -330,6 +342,10 @@ class Task:
             self.resume(loop)
             return
         if isinstance(self.pending, socket.socket):
+            if self.events == _READ and _made(self.pending):  # made; no greeting yet
+                self.spoke = sock = self.pending
+                self.resume(loop, sock)  # the read for it gets a deadline of its own
+                return
             self.pending.close()
         self.resume(loop, error=TimeoutError("timed out"))
 

@@ -332,3 +332,95 @@ def test_a_refused_connect_is_the_error_the_socket_holds() -> None:
         assert mask & select.EPOLLERR
         task.ready(loop, mask)
     assert seen == [errno.ECONNREFUSED] and task.done
+
+
+# -- a connect to a server that greets: its first bytes say it is made
+
+def _greeted(host: str, port: int, seen: list[object]) -> Steps[None]:
+    try:
+        sock = yield Connect(host, port, 10.0, greeted=True)
+        seen.append(sock)
+        seen.append((yield Recv(sock, 100, 20.0)))
+    except TimeoutError:
+        seen.append("timeout")
+    except OSError as exc:
+        seen.append(exc.errno)
+
+
+def _epoll_says(sock: socket.socket, events: int) -> int:
+    poller = select.epoll()
+    try:
+        poller.register(sock.fileno(), events)
+        (_, mask), = poller.poll(10.0)
+        return mask
+    finally:
+        poller.close()
+
+
+def test_a_greeted_connect_waits_for_the_greeting_and_reads_it_at_once() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+        task = Task(_greeted("127.0.0.1", listener.getsockname()[1], seen), client)
+        task.resume(loop)
+        connecting = task.pending
+        assert isinstance(connecting, socket.socket)
+        assert loop.watching == (connecting, 1)  # readable, not writable
+        accepted, _ = listener.accept()
+        with accepted, connecting:
+            accepted.sendall(b"+OK hello\r\n")
+            mask = _epoll_says(connecting, select.EPOLLIN)
+            assert mask == select.EPOLLIN
+            task.ready(loop, mask)
+            # made, and the greeting read in the same resumption: no wait between
+            assert seen == [connecting, b"+OK hello\r\n"] and task.done
+
+
+def test_a_greeted_connect_made_without_a_greeting_gives_the_read_its_own_deadline() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+        task = Task(_greeted("127.0.0.1", listener.getsockname()[1], seen), client)
+        task.resume(loop)
+        connecting = task.pending
+        assert isinstance(connecting, socket.socket)
+        _epoll_says(connecting, select.EPOLLOUT)  # made by now, and silent
+        accepted, _ = listener.accept()
+        with accepted, connecting:
+            connect_deadline = loop.alarms[0]
+            task.alarm(loop, connect_deadline)
+            assert seen == [connecting] and not task.done  # not a timeout: the read waits
+            assert loop.watching == (connecting, 1)
+            assert task.deadline is not None and task.deadline > connect_deadline
+            task.alarm(loop, task.deadline)
+            assert seen == [connecting, "timeout"] and task.done
+
+
+def test_a_greeted_connect_still_in_progress_at_its_deadline_times_out() -> None:
+    # 192.0.2.1 (TEST-NET-1) is never routed: the connect stays in progress
+    # unless the host has no route at all, which fails it at once.
+    with socket.socket() as client:
+        loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+        task = Task(_greeted("192.0.2.1", 9, seen), client)
+        task.resume(loop)
+        if seen:  # no route here at all
+            assert seen[0] in (errno.ENETUNREACH, errno.EHOSTUNREACH)
+            return
+        connecting = task.pending
+        assert isinstance(connecting, socket.socket)
+        task.alarm(loop, loop.alarms[0])
+        assert seen == ["timeout"] and task.done
+        assert connecting.fileno() == -1  # closed
+
+
+def test_a_refused_greeted_connect_is_the_error_the_socket_holds() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as client:
+        port = listener.getsockname()[1]
+    loop, seen = RecordingLoop(), []  # type: ignore[var-annotated]
+    task = Task(_greeted("127.0.0.1", port, seen), client)
+    task.resume(loop)
+    if not seen:
+        connecting = task.pending
+        assert isinstance(connecting, socket.socket)
+        mask = _epoll_says(connecting, select.EPOLLIN)
+        assert mask & select.EPOLLERR
+        task.ready(loop, mask)
+    assert seen == [errno.ECONNREFUSED] and task.done
