@@ -102,6 +102,10 @@ class Results:
     notes: list[str] = field(default_factory=list)
     raw: list[dict[str, object]] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # name -> [cpu_s, logins]
+    # Dovecot's own processes, and what they spent serving each target's logins:
+    # a proxy's back-end dialogue is work for the back-end too.
+    backend_roots: tuple[int, ...] = ()
+    backend_cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)  # name -> charged at the start
 
     def put(self, key: str, target: str, value: float | None) -> None:
@@ -137,12 +141,18 @@ def measure_logins(target: tg.Target, proto: str, concurrency: int, duration: fl
     argv = loadgen_argv("logins", target, proto, "--users", str(tg.BENCH_USERS),
                         "--concurrency", str(concurrency), "--duration", str(duration))
     before = sample_tree(target.roots, memory=False)
+    backend_before = sample_tree(results.backend_roots, memory=False)
     out = run_loadgen(argv, duration + _SLACK)
     time.sleep(0.2)  # let the last per-connection children exit and be reaped
     after = sample_tree(target.roots, memory=False)
-    spent = results.cpu.setdefault(target.name, [0.0, 0.0])
-    spent[0] += after.cpu_s - before.cpu_s
-    spent[1] += int(out["logins"])  # type: ignore[call-overload]
+    backend_after = sample_tree(results.backend_roots, memory=False)
+    logins = int(out["logins"])  # type: ignore[call-overload]
+    for spent, used in ((results.cpu.setdefault(target.name, [0.0, 0.0]),
+                         after.cpu_s - before.cpu_s),
+                        (results.backend_cpu.setdefault((proto, target.name), [0.0, 0.0]),
+                         backend_after.cpu_s - backend_before.cpu_s)):
+        spent[0] += used
+        spent[1] += logins
     out["target"] = target.name
     if out["errors"]:
         results.note(f"{target.label} {proto} c={concurrency}: {out['errors']} failed "
@@ -276,8 +286,18 @@ def run_all(targets: Sequence[tg.Target], plan: Plan, results: Results,
             progress.step(f"idle x{count:,} {target.label}")
             record_idle(target, count, plan.idle_setup, results)
     progress.finish()
+    record_cpu(results)
+
+
+def record_cpu(results: Results) -> None:
+    """CPU seconds per 1,000 logins: each target's own, and Dovecot's behind it."""
+    def per_1000(cpu_s: float, logins: float) -> float | None:
+        return round(cpu_s / logins * 1000, 2) if logins else None
+
     for name, (cpu_s, logins) in results.cpu.items():
-        results.put("cpu_per_1000", name, round(cpu_s / logins * 1000, 2) if logins else None)
+        results.put("cpu_per_1000", name, per_1000(cpu_s, logins))
+    for (proto, name), (cpu_s, logins) in results.backend_cpu.items():
+        results.put(f"backend_cpu_{proto}", name, per_1000(cpu_s, logins))
 
 
 def record_relay(out: dict[str, object], proto: str, results: Results) -> None:
@@ -381,6 +401,8 @@ def figure_rows(plan: Plan) -> list[tuple[str, str, str]]:
                  (f"fds_idle_{count}", f"most descriptors in one process, idle at {count:,}",
                   "info")]
     rows.append(("cpu_per_1000", "CPU s per 1,000 logins (Dovecot: its own)", "lower"))
+    rows += [(f"backend_cpu_{p}", f"Dovecot's CPU s per 1,000 {p.upper()} logins through it",
+              "lower") for p in PROTOCOLS]
     rows += [(f"loadgen_cpu_{p}", f"load generator CPU share, {p.upper()} c=64 (1.0 = a core)",
               "info") for p in PROTOCOLS]
     return rows
@@ -389,7 +411,8 @@ def figure_rows(plan: Plan) -> list[tuple[str, str, str]]:
 def _cell(value: float | None, reference: float | None, with_ratio: bool) -> str:
     if value is None:
         return "—"
-    text = f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+    text = (f"{value:.2f}" if abs(value) < 1 else f"{value:,.1f}" if abs(value) < 100
+            else f"{value:,.0f}")
     if with_ratio and reference:
         text += f" ({value / reference:.2f}×)"
     return text
@@ -528,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("bench: starting Dovecot and the proxies ...\n")
         tls = tg.make_certificate(top / "tls") if plan.tls else None
         dovecot = stack.enter_context(tg.bench_dovecot(top / "dovecot", tls))
+        results.backend_roots = tg.dovecot_roots(dovecot)
         targets = start_targets(stack, dovecot, top / "logs", wanted, results, plan, tls)
         idle_targets = targets
         if (plan.idle and "perditionpy" in wanted

@@ -179,13 +179,17 @@ def _version(package: str) -> str:
 # --------------------------------------------------------------------------- targets
 
 
+def dovecot_roots(dovecot: Dovecot) -> tuple[int, ...]:
+    """The processes of ``dovecot`` (its children are found under them when sampled)."""
+    assert dovecot.workdir is not None
+    return tuple(find_pids(f"-c {dovecot.workdir / 'dovecot.conf'}"))
+
+
 @contextlib.contextmanager
 def backend(dovecot: Dovecot) -> Iterator[Target]:
-    assert dovecot.workdir is not None
-    pids = find_pids(f"-c {dovecot.workdir / 'dovecot.conf'}")
     tls = dovecot.tls is not None
     yield Target("backend", "Dovecot (direct)", dovecot.imap_port, dovecot.pop3_port,
-                 tuple(pids), None, _version("dovecot-core"),
+                 dovecot_roots(dovecot), None, _version("dovecot-core"),
                  dovecot.imaps_port if tls else None, dovecot.pop3s_port if tls else None)
 
 

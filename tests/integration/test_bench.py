@@ -166,3 +166,17 @@ def test_the_instruction_count_is_read_from_callgrind_totals() -> None:
     assert match is not None and int(match.group(1)) == 576006968
     args = instructions.parse_args(["HEAD~1", "--proto", "pop3"])
     assert (args.rev, args.proto, args.concurrency) == ("HEAD~1", "pop3", 4)
+
+
+def test_cpu_figures_are_per_1000_logins_and_the_back_ends_per_protocol() -> None:
+    results = run.Results()
+    results.cpu = {"perditionpy": [1.5, 5000.0], "nginx": [0.0, 0.0]}
+    results.backend_cpu = {("imap", "perditionpy"): [2.4, 5000.0],
+                           ("pop3", "perditionpy"): [3.0, 6000.0]}
+    run.record_cpu(results)
+    assert results.figures["cpu_per_1000"] == {"perditionpy": 0.3, "nginx": None}
+    assert results.figures["backend_cpu_imap"] == {"perditionpy": 0.48}
+    assert results.figures["backend_cpu_pop3"] == {"perditionpy": 0.5}
+    keys = [key for key, _, _ in run.figure_rows(run.Plan(5.0, 1.0, 1, (), 1.0))]
+    assert keys.index("backend_cpu_imap") == keys.index("cpu_per_1000") + 1
+    assert "0.48" in run._cell(0.48, None, False)  # two decimals under 1
