@@ -342,11 +342,17 @@ class Task:
             self.resume(loop)
             return
         if isinstance(self.pending, socket.socket):
-            if self.events == _READ and _made(self.pending):  # made; no greeting yet
-                self.spoke = sock = self.pending
-                self.resume(loop, sock)  # the read for it gets a deadline of its own
+            sock = self.pending
+            if self.events == _READ and _made(sock):
+                # Made, and the greeting it waits for is late: the read of the
+                # greeting, which shares this deadline, times out (the session
+                # tells a failed connect from a silent server).
+                self.spoke = sock
+                self.resume(loop, sock)
+                if not self.done and self.sock is sock and self.events == _READ:
+                    self.resume(loop, error=TimeoutError("timed out"))
                 return
-            self.pending.close()
+            sock.close()
         self.resume(loop, error=TimeoutError("timed out"))
 
     def finish_offloaded(self, loop: Loop, serial: int, value: Any,

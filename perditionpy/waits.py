@@ -101,9 +101,10 @@ class Connect:
 
     ``greeted``: the server speaks first (a mail server's greeting), so an event
     loop may take the connect as made when its first bytes arrive, and read them
-    at once: one wake-up instead of two.  The connect's deadline is unchanged; the
-    greeting's read gets its own from the moment that deadline finds the
-    connection made (a server slow to greet is never cut off sooner).
+    at once: one wake-up instead of two.  The connect and the greeting then share
+    the deadline: when it finds the connection made but silent, the connect
+    succeeds and the session's read of the greeting times out (as it would a
+    moment after a connect on a LAN; :func:`run_blocking` bounds each apart).
     """
 
     host: str

@@ -353,6 +353,27 @@ def test_backend_down(proxies: Proxies, dovecot: Dovecot, protocol: str) -> None
 
 
 @pytest.mark.parametrize("protocol", ["IMAP4", "POP3"])
+def test_a_silent_backend_is_a_timed_out_login_not_a_failed_connect(
+    proxies: Proxies, protocol: str
+) -> None:
+    """A back-end that accepts and never greets: the connect is made (the loop
+    waits for the greeting instead of writability), and --authenticate_timeout
+    ends the wait for the greeting as perdition's does: the client is closed
+    and the log says why, with no "Could not connect to server" and no retry."""
+    proxy = proxies.imap if protocol == "IMAP4" else proxies.pop3
+    with Raw(proxy.port) as raw:
+        if protocol == "IMAP4":
+            assert raw.imap(b"a", b"LOGIN silent secret") == b""
+        else:
+            assert raw.pop(b"USER silent").startswith(b"+OK")
+            assert raw.pop(b"PASS secret") == b""
+        assert raw.closed()
+    proxy.wait_for_log(r"Fatal error authenticating user \S+: timed out\. Exiting child\.")
+    assert 'authentication_id="silent"' not in proxy.log_text()  # no Auth: line
+    assert proxy.running()
+
+
+@pytest.mark.parametrize("protocol", ["IMAP4", "POP3"])
 def test_broken_backends_cost_one_connection_each(
     proxies: Proxies, dovecot: Dovecot, protocol: str
 ) -> None:
