@@ -71,6 +71,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tg.stop_cleanly_on_sigterm()
     compare(parse_args(sys.argv[1:] if argv is None else argv))
     return 0
 

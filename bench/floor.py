@@ -282,6 +282,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tg.stop_cleanly_on_sigterm()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "serve":
         Floor(args.proto, args.port, args.backend).serve()

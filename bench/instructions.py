@@ -76,6 +76,7 @@ def counted(tree: Path, work: Path, dovecot: Dovecot, args: argparse.Namespace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tg.stop_cleanly_on_sigterm()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:

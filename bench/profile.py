@@ -168,6 +168,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tg.stop_cleanly_on_sigterm()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="perditionpy-profile-") as top, \
             contextlib.ExitStack() as stack:

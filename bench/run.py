@@ -539,6 +539,7 @@ def workspace() -> Iterator[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tg.stop_cleanly_on_sigterm()
     args = parse_args(sys.argv[1:] if argv is None else argv)
     plan = Plan(args.duration, args.warmup, args.relay_repeat,
                 tuple(int(n) for n in args.idle.split(",") if n.strip()), args.idle_setup,

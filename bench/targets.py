@@ -101,6 +101,16 @@ service pop3 {
 """
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``) unwind like Ctrl-C does, through every
+    ``with`` that stops a Dovecot, a proxy or a load generator: they run in
+    sessions of their own and would outlive a process killed outright."""
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 @dataclass(frozen=True)
 class Target:
     """One system under test.

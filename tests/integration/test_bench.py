@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from bench import run
 from bench import targets as tg
-from bench.procstat import open_fds
+from bench.procstat import find_pids, open_fds
 from tests.conftest import require
 from tests.support.dovecot import Dovecot, MailUser, dovecot_binary, make_message
 
@@ -180,3 +181,29 @@ def test_cpu_figures_are_per_1000_logins_and_the_back_ends_per_protocol() -> Non
     keys = [key for key, _, _ in run.figure_rows(run.Plan(5.0, 1.0, 1, (), 1.0))]
     assert keys.index("backend_cpu_imap") == keys.index("cpu_per_1000") + 1
     assert "0.48" in run._cell(0.48, None, False)  # two decimals under 1
+
+
+def test_sigterm_stops_the_dovecot_a_run_started(tmp_path: Path) -> None:
+    """``timeout`` or ``kill`` ends a run the way Ctrl-C does: its Dovecot (in a
+    session of its own) is stopped, not left behind."""
+    require(dovecot_binary() is not None, "dovecot is not installed")
+    needle = "perditionpy-bench-"
+    before = set(find_pids(needle))
+    argv = [sys.executable, str(run.REPO_ROOT / "bench" / "run.py"), "--targets", "backend",
+            "--duration", "60", "--warmup", "60", "--rounds", "1", "--idle", "", "--no-tls",
+            "--output", str(tmp_path / "report.md")]
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                          text=True) as proc:
+        assert proc.stderr is not None
+        try:
+            while "warm-up" not in (line := run._read_line(proc.stderr, _RUN_TIMEOUT)):
+                assert line, "the run ended before its first step"
+            ours = set(find_pids(needle)) - before  # Dovecot is up once the steps begin
+            assert ours
+            proc.terminate()
+            assert proc.wait(_RUN_TIMEOUT) == 128 + signal.SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert not set(find_pids(needle)) & ours
+    assert not (tmp_path / "report.md").exists()  # no report from a run cut short
