@@ -20,12 +20,53 @@ def talk(login: Imap4BackendLogin, data: bytes) -> list[object]:
 
 
 def logged_in_until_password(user: str = "user", password: str = "pw") -> Imap4BackendLogin:
+    """perdition's dialogue step by step, with a greeting that lists no capabilities."""
     login = Imap4BackendLogin(user, password, our_greeting=OURS)
-    assert talk(login, b"* OK [CAPABILITY IMAP4rev1] Dovecot ready.\r\n") == [
-        ToBackend(b"flim07 CAPABILITY\r\n")]
+    assert talk(login, b"* OK Dovecot ready.\r\n") == [ToBackend(b"flim07 CAPABILITY\r\n")]
     assert talk(login, b"* CAPABILITY IMAP4rev1 LITERAL+\r\nflim07 OK Pre-login capabilities\r\n") == [
         ToBackend(b"flim08 LOGIN {%d}\r\n" % len(user.encode("utf-8", "surrogateescape")))]
     return login
+
+
+def test_a_greeting_that_allows_login_has_login_sent_with_capability() -> None:
+    """The same bytes as perdition's dialogue, LOGIN written with CAPABILITY (one
+    round trip fewer); CAPABILITY's answer is still read, and the "+" after it
+    gets the user."""
+    login = Imap4BackendLogin("user", "pw", our_greeting=OURS)
+    assert talk(login, b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN] Dovecot ready.\r\n") == [
+        ToBackend(b"flim07 CAPABILITY\r\nflim08 LOGIN {4}\r\n")]
+    assert talk(login, b"* CAPABILITY IMAP4rev1 LITERAL+\r\nflim07 OK Pre-login capabilities\r\n"
+                       b"+ OK\r\n") == [ToBackend(b"user {2}\r\n")]
+    assert talk(login, b"+ OK\r\n") == [ToBackend(b"pw\r\n")]
+    assert talk(login, b"flim08 OK Logged in\r\n") == [
+        LoginResult(LoginStatus.OK, server_line=b"OK Logged in")]
+    assert login.quit_bytes() == b"flim09 LOGOUT\r\n"
+
+
+def test_a_greeting_without_imap4rev1_or_with_logindisabled_waits_for_capability() -> None:
+    for greeting in (b"* OK [CAPABILITY IMAP4rev1 LOGINDISABLED] hi\r\n",
+                     b"* OK [CAPABILITY IMAP4] hi\r\n",
+                     b"* OK [ALERT] IMAP4rev1 hi\r\n",
+                     b"* OK [CAPABILITY IMAP4rev1 hi\r\n"):  # no end to the list
+        login = Imap4BackendLogin("u", "p", our_greeting=OURS)
+        assert talk(login, greeting) == [ToBackend(b"flim07 CAPABILITY\r\n")], greeting
+
+
+def test_logindisabled_after_a_greeting_that_allowed_login() -> None:
+    """A server contradicting its greeting: LOGIN went out already; the attempt
+    ends as perdition's does (login disabled), and the LOGOUT that follows does
+    not reuse the tag of that LOGIN."""
+    login = Imap4BackendLogin("u", "p", our_greeting=OURS)
+    talk(login, b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
+    (result,) = talk(login, b"* CAPABILITY IMAP4rev1 LOGINDISABLED\r\nflim07 OK done\r\n")
+    assert isinstance(result, LoginResult) and result.status is LoginStatus.LOGIN_DISABLED
+    assert login.quit_bytes() == b"flim09 LOGOUT\r\n"
+
+
+def test_with_starttls_the_greeting_capabilities_are_not_used() -> None:
+    login = Imap4BackendLogin("u", "p", our_greeting=OURS, starttls=True)
+    assert talk(login, b"* OK [CAPABILITY IMAP4rev1 STARTTLS] hi\r\n") == [
+        ToBackend(b"flim07 CAPABILITY\r\n")]
 
 
 def test_full_login_uses_synchronising_literals() -> None:
