@@ -422,17 +422,16 @@ class Imap4BackendLogin:
             self._finish(LoginStatus.LOOP, line)
         elif self._starttls:
             self._capability(_Step.TLS_CAPABILITY)
-        elif _greeting_allows_login(line):
-            self._step = _Step.CAPABILITY
-            self._capability_read, self._login_sent = False, True
-            self._send(self.tag + b" CAPABILITY" + CRLF + self._login_line(next_tag(self.tag)))
         else:
-            self._capability(_Step.CAPABILITY)
+            self._login_sent = _greeting_allows_login(line)
+            self._capability(_Step.CAPABILITY, self._login_line(next_tag(self.tag))
+                             if self._login_sent else b"")
 
-    def _capability(self, step: str) -> None:
+    def _capability(self, step: str, then: bytes = b"") -> None:
+        """Ask for CAPABILITY (``then``: the next command, in the same write)."""
         self._step = step
         self._capability_read = False
-        self._send(self.tag + b" CAPABILITY" + CRLF)
+        self._send(self.tag + b" CAPABILITY" + CRLF + then)
 
     def _untagged(self, line: bytes, raw: bytes) -> None:
         asking = self._step in (_Step.CAPABILITY, _Step.TLS_CAPABILITY)
